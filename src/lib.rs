@@ -1,0 +1,2 @@
+//! zoneguard: a PostgreSQL wire-protocol guard.
+pub mod classify;
