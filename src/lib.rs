@@ -1,2 +1,15 @@
-//! zoneguard: a PostgreSQL wire-protocol guard.
+//! zoneguard: a PostgreSQL wire-protocol guard that keeps legacy tables
+//! read-only for new applications, at the network edge.
+//!
+//! The data's trip, one module per stage: [`server`] accepts, [`session`]
+//! relays one client, [`protocol`] frames messages, [`classify`] turns SQL
+//! into facts, [`policy`] turns facts into a verdict, [`reject`] makes the
+//! server fail a rejected statement as PostgreSQL would, [`audit`] records it.
+pub mod audit;
 pub mod classify;
+pub mod cluster;
+pub mod policy;
+pub mod protocol;
+pub mod reject;
+pub mod server;
+pub mod session;

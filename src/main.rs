@@ -1,1 +1,159 @@
-fn main() {}
+//! The `zoneguard` command: run the guard, or a self-contained demo.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use zoneguard::cluster::Cluster;
+use zoneguard::policy::{self, Policy, Settings};
+use zoneguard::server::{self, Guard};
+
+/// The policy that ships with zoneguard, used by `demo` when no policy file
+/// is found.
+const EMBEDDED_POLICY: &str = include_str!("../policy.toml");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zoneguard",
+    version,
+    about = "PostgreSQL wire-protocol guard: applications connect through it, it parses every statement and rejects writes the policy forbids.",
+    long_about = "PostgreSQL wire-protocol guard.\n\nApplications point their DATABASE_URL at zoneguard; it relays their traffic to the real PostgreSQL, parses every statement with sqlparser, and enforces policy.toml: legacy tables read-only, the new zone writable. Rejected statements get SQLSTATE 42501 and an audit record.\n\nSettings come from the policy file ([proxy], [audit]), then environment variables ZONEGUARD__<SECTION>__<KEY> (e.g. ZONEGUARD__PROXY__UPSTREAM=127.0.0.1:5432), then the flags below."
+)]
+struct Cli {
+    /// Policy file (zones, rules, switches, [proxy] and [audit] settings).
+    #[arg(
+        long,
+        global = true,
+        default_value = "policy.toml",
+        env = "ZONEGUARD_POLICY"
+    )]
+    policy: PathBuf,
+    /// Address to listen on, overriding [proxy] listen.
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// The PostgreSQL server, HOST:PORT, overriding [proxy] upstream.
+    #[arg(long, global = true)]
+    upstream: Option<String>,
+    /// Where audit records go (a file, or - for standard output), overriding [audit] file.
+    #[arg(long, global = true)]
+    audit_file: Option<String>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive);
+    /// RUST_LOG is used when this is not given.
+    #[arg(long, global = true, env = "ZONEGUARD_LOG")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the guard (the default when no command is given).
+    Run,
+    /// Start a throwaway PostgreSQL with the seed's schema and sample data,
+    /// and the guard in front of it; prints the URL to connect to. Ctrl-C
+    /// stops both and deletes the database.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = cli
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log-level")?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            None | Some(Command::Run) => run(&cli).await,
+            Some(Command::Demo) => demo(&cli).await,
+        }
+    })
+}
+
+fn load_policy(cli: &Cli, allow_embedded: bool) -> anyhow::Result<(Policy, Settings)> {
+    let (policy, mut settings) = if !cli.policy.exists() && allow_embedded {
+        tracing::info!(path = %cli.policy.display(), "policy file not found; using the embedded default policy");
+        policy::parse(EMBEDDED_POLICY, Path::new("policy.toml"))?
+    } else {
+        policy::load(&cli.policy)?
+    };
+    if let Some(l) = &cli.listen {
+        settings.proxy.listen = l.clone();
+    }
+    if let Some(u) = &cli.upstream {
+        settings.proxy.upstream = u.clone();
+    }
+    if let Some(a) = &cli.audit_file {
+        settings.audit.file = a.clone();
+    }
+    Ok((policy, settings))
+}
+
+async fn start(
+    policy: Policy,
+    settings: Settings,
+) -> anyhow::Result<(TcpListener, std::sync::Arc<Guard>)> {
+    let listener = TcpListener::bind(&settings.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.proxy.listen))?;
+    let guard = Guard::new(policy, settings)
+        .await
+        .context("cannot open the audit log")?;
+    Ok((listener, guard))
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    let (policy, settings) = load_policy(cli, false)?;
+    let (listener, guard) = start(policy, settings).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        upstream = %guard.settings.proxy.upstream,
+        audit = %guard.audit.target,
+        "zoneguard ready"
+    );
+    server::run(listener, guard, shutdown_signal()).await;
+    tracing::info!("zoneguard stopped");
+    Ok(())
+}
+
+async fn demo(cli: &Cli) -> anyhow::Result<()> {
+    let (policy, mut settings) = load_policy(cli, true)?;
+    eprintln!("starting a throwaway PostgreSQL ...");
+    let cluster = tokio::task::spawn_blocking(|| -> anyhow::Result<Cluster> {
+        let cluster = Cluster::start()?;
+        cluster.create_seeded_db("shop")?;
+        Ok(cluster)
+    })
+    .await??;
+    settings.proxy.upstream = cluster.addr();
+    let (listener, guard) = start(policy, settings).await?;
+    let addr = listener.local_addr()?;
+    println!();
+    println!("zoneguard demo is up.");
+    println!("  through the guard:  psql postgresql://app@{addr}/shop");
+    println!("  as the legacy app:  psql postgresql://legacy_app@{addr}/shop");
+    println!(
+        "  direct (no guard):  psql {}",
+        cluster.url("postgres", "shop")
+    );
+    println!("  audit log:          {}", guard.audit.target);
+    println!("Ctrl-C stops the guard and deletes the database.");
+    server::run(listener, guard, shutdown_signal()).await;
+    drop(cluster);
+    Ok(())
+}

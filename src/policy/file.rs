@@ -1,0 +1,428 @@
+//! The on-disk shape of `policy.toml` and its validation into a [`Policy`].
+//!
+//! Parsing goes through the `toml` crate with spans so that every error names
+//! the line; the operational settings (`[proxy]`, `[audit]`) are read through
+//! the `config` crate as well so that `ZONEGUARD__SECTION__KEY` environment
+//! variables override the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Allowed, Policy, RoleOptions, Rule, Settings, Switch, Zone, UNLISTED_ZONE};
+use crate::classify::RelationName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: settings: {message}")]
+    Settings { path: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    // [proxy] and [audit] are operational settings, read by `settings()`
+    // through the config crate (with environment overrides); listed here so
+    // that deny_unknown_fields accepts them.
+    #[serde(default)]
+    #[allow(dead_code)]
+    proxy: Option<toml::Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    audit: Option<toml::Value>,
+    #[serde(default)]
+    defaults: DefaultsFile,
+    #[serde(default)]
+    zones: BTreeMap<Spanned<String>, ZoneFile>,
+    #[serde(default)]
+    rules: Vec<RuleFile>,
+    #[serde(default)]
+    switches: BTreeMap<Spanned<String>, SwitchFile>,
+    #[serde(default)]
+    roles: BTreeMap<Spanned<String>, RoleFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DefaultsFile {
+    allow: Option<Vec<Spanned<String>>>,
+    do_blocks: Option<bool>,
+    call: Option<bool>,
+    function_calls: Option<bool>,
+    other_ddl: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ZoneFile {
+    #[serde(default)]
+    description: Option<String>,
+    tables: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: Spanned<String>,
+    zone: Spanned<String>,
+    #[serde(default)]
+    roles: Vec<Spanned<String>>,
+    #[serde(default)]
+    when: BTreeMap<Spanned<String>, bool>,
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    hint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchFile {
+    default: bool,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RoleFile {
+    do_blocks: Option<bool>,
+    call: Option<bool>,
+    function_calls: Option<bool>,
+    other_ddl: Option<bool>,
+}
+
+/// Loads, validates and returns the policy and the operational settings.
+pub fn load(path: &Path) -> Result<(Policy, Settings), PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses policy text (as if read from `path`, which is used in messages and
+/// to resolve relative file names).
+pub fn parse(text: &str, path: &Path) -> Result<(Policy, Settings), PolicyError> {
+    let shown = path.display().to_string();
+    let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
+        path: shown.clone(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let policy = validate(file, text, &shown)?;
+    let settings = settings(text, path)?;
+    Ok((policy, settings))
+}
+
+fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
+    use config::{Config, Environment, File, FileFormat};
+    let err = |e: config::ConfigError| PolicyError::Settings {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let cfg = Config::builder()
+        .add_source(File::from_str(text, FileFormat::Toml))
+        .add_source(
+            Environment::with_prefix("ZONEGUARD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(err)?;
+    let mut settings = Settings::default();
+    if let Ok(proxy) = cfg.get::<super::ProxySettings>("proxy") {
+        settings.proxy = proxy;
+    } else if cfg.get_table("proxy").is_ok() {
+        settings.proxy = cfg.get("proxy").map_err(err)?;
+    }
+    if cfg.get_table("audit").is_ok() {
+        settings.audit = cfg.get("audit").map_err(err)?;
+    }
+    // Relative audit paths are relative to the policy file, so that the guard
+    // writes to the same place whatever directory it was started from.
+    if let Some(dir) = path.parent() {
+        let file = PathBuf::from(&settings.audit.file);
+        if settings.audit.file != "-" && file.is_relative() && !dir.as_os_str().is_empty() {
+            settings.audit.file = dir.join(file).display().to_string();
+        }
+    }
+    Ok(settings)
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
+        let line = self.text[..span.start.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1;
+        PolicyError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    fn allowed(&self, list: &[Spanned<String>]) -> Result<Allowed, PolicyError> {
+        let mut allowed = Allowed::default();
+        for op in list {
+            allowed = allowed.union(Allowed::parse(op.get_ref()).ok_or_else(|| {
+                self.err(
+                    op.span(),
+                    format!(
+                        "unknown operation {:?}; use read, insert, update, delete, truncate, lock, ddl, write (insert+update+delete+truncate) or all",
+                        op.get_ref()
+                    ),
+                )
+            })?);
+        }
+        Ok(allowed)
+    }
+}
+
+fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyError> {
+    let cx = Ctx { text, path };
+    let mut zones = Vec::new();
+    let mut seen_tables: BTreeMap<RelationName, String> = BTreeMap::new();
+    for (name, zone) in &file.zones {
+        if name.get_ref() == UNLISTED_ZONE {
+            return Err(cx.err(
+                name.span(),
+                format!("zone name {UNLISTED_ZONE:?} is reserved for tables no zone names"),
+            ));
+        }
+        let mut tables = Vec::new();
+        for t in &zone.tables {
+            let rel = parse_table_name(t.get_ref())
+                .ok_or_else(|| cx.err(t.span(), format!("not a table name: {:?}", t.get_ref())))?;
+            if let Some(other) = seen_tables.insert(rel.clone(), name.get_ref().clone()) {
+                return Err(cx.err(
+                    t.span(),
+                    format!(
+                        "table {rel} is already in zone {other:?}; a table belongs to one zone"
+                    ),
+                ));
+            }
+            tables.push(rel);
+        }
+        zones.push(Zone {
+            name: name.get_ref().clone(),
+            description: zone.description.clone(),
+            tables,
+        });
+    }
+    let mut switches = BTreeMap::new();
+    for (name, sw) in &file.switches {
+        if !is_plain_identifier(name.get_ref()) {
+            return Err(cx.err(
+                name.span(),
+                "switch names are lower-case letters, digits and _",
+            ));
+        }
+        switches.insert(
+            name.get_ref().clone(),
+            Switch {
+                default: sw.default,
+                description: sw.description.clone(),
+            },
+        );
+    }
+    let mut rules = Vec::new();
+    let mut rule_names = BTreeSet::new();
+    for r in &file.rules {
+        if !rule_names.insert(r.name.get_ref().clone()) {
+            return Err(cx.err(
+                r.name.span(),
+                format!("duplicate rule name {:?}", r.name.get_ref()),
+            ));
+        }
+        let zone = r.zone.get_ref();
+        if zone != UNLISTED_ZONE && !zones.iter().any(|z| &z.name == zone) {
+            let known: Vec<_> = zones.iter().map(|z| z.name.as_str()).collect();
+            return Err(cx.err(
+                r.zone.span(),
+                format!(
+                    "rule {:?} names zone {zone:?}, which is not defined (zones: {}, or {UNLISTED_ZONE:?})",
+                    r.name.get_ref(),
+                    known.join(", ")
+                ),
+            ));
+        }
+        let mut when = Vec::new();
+        for (sw, pos) in &r.when {
+            if !switches.contains_key(sw.get_ref()) {
+                return Err(cx.err(
+                    sw.span(),
+                    format!(
+                        "rule {:?} depends on switch {:?}, which is not declared under [switches]",
+                        r.name.get_ref(),
+                        sw.get_ref()
+                    ),
+                ));
+            }
+            when.push((sw.get_ref().clone(), *pos));
+        }
+        rules.push(Rule {
+            name: r.name.get_ref().clone(),
+            zone: zone.clone(),
+            roles: r.roles.iter().map(|s| s.get_ref().clone()).collect(),
+            when,
+            allow: cx.allowed(&r.allow)?,
+            reason: r.reason.clone(),
+            hint: r.hint.clone(),
+        });
+    }
+    let defaults = &file.defaults;
+    let base = RoleOptions {
+        do_blocks: defaults.do_blocks.unwrap_or(false),
+        call: defaults.call.unwrap_or(false),
+        function_calls: defaults.function_calls.unwrap_or(false),
+        other_ddl: defaults.other_ddl.unwrap_or(false),
+    };
+    let default_allow = match &defaults.allow {
+        Some(list) => cx.allowed(list)?,
+        None => Allowed::READ,
+    };
+    let mut roles = BTreeMap::new();
+    for (name, r) in &file.roles {
+        roles.insert(
+            name.get_ref().clone(),
+            RoleOptions {
+                do_blocks: r.do_blocks.unwrap_or(base.do_blocks),
+                call: r.call.unwrap_or(base.call),
+                function_calls: r.function_calls.unwrap_or(base.function_calls),
+                other_ddl: r.other_ddl.unwrap_or(base.other_ddl),
+            },
+        );
+    }
+    Ok(Policy {
+        zones,
+        rules,
+        switches,
+        default_allow,
+        default_options: base,
+        roles,
+    })
+}
+
+fn is_plain_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Parses a table name as a DBA writes it in the policy, with PostgreSQL's
+/// rules: `users`, `public.users`, `"MixedCase"`, `app."Orders"`.
+pub fn parse_table_name(s: &str) -> Option<RelationName> {
+    let mut parts = Vec::new();
+    let mut chars = s.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if !(c.is_alphanumeric() || c == '_' || c == '$') {
+                    return None;
+                }
+                part.extend(c.to_lowercase());
+                chars.next();
+            }
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+    match parts.len() {
+        1 => Some(RelationName::new(None, &parts[0])),
+        2 => Some(RelationName::new(Some(&parts[0]), &parts[1])),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_fold_like_postgres() {
+        assert_eq!(
+            parse_table_name("Users"),
+            Some(RelationName::new(None, "users"))
+        );
+        assert_eq!(
+            parse_table_name("public.\"Users\""),
+            Some(RelationName::new(Some("public"), "Users"))
+        );
+        assert_eq!(parse_table_name("a.b.c"), None);
+        assert_eq!(parse_table_name("bad name"), None);
+        assert_eq!(
+            parse_table_name("\"a\"\"b\""),
+            Some(RelationName::new(None, "a\"b"))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let text = "[zones.legacy]\ntables = [\"users\"]\n\n[[rules]]\nname = \"x\"\nzone = \"legcy\"\nallow = [\"read\"]\n";
+        let err = parse(text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:6:"), "{err}");
+        assert!(err.contains("legcy"), "{err}");
+        let text = "[[rules]]\nname = \"x\"\nzone = \"unlisted\"\nallow = [\"read\", \"wirte\"]\n";
+        let err = parse(text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("p.toml:4:"), "{err}");
+        let err = parse("[zones.a]\ntablez = []\n", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_table_belongs_to_one_zone() {
+        let text = "[zones.a]\ntables = [\"users\"]\n[zones.b]\ntables = [\"USERS\"]\n";
+        let err = parse(text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(err.contains("p.toml:4:"), "{err}");
+    }
+}

@@ -1,0 +1,222 @@
+//! The verdict: a pure function of a classified statement, the policy, the
+//! session's role and the switch positions.
+
+use std::collections::BTreeMap;
+
+use super::{Policy, UNLISTED_ZONE};
+use crate::classify::{Op, Special, StatementInfo, TableAccess};
+
+/// SQLSTATE of every policy rejection: insufficient_privilege, what
+/// PostgreSQL itself raises for a write without the privilege.
+pub const SQLSTATE_REJECTED: &str = "42501";
+
+/// Who is asking, and how the switches stand.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub role: &'a str,
+    pub switches: &'a BTreeMap<String, bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny(Box<Denial>),
+}
+
+/// Why a statement is rejected, in the words the client and the audit log see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// "UPDATE", "DO", "EXECUTE", ...
+    pub operation: String,
+    /// The relation as PostgreSQL would display it, when there is one.
+    pub table: Option<String>,
+    pub zone: Option<String>,
+    /// The rule that decided: a `[[rules]]` name, "defaults", or a guard
+    /// option such as "do_blocks".
+    pub rule: String,
+    pub sqlstate: &'static str,
+    pub message: String,
+    pub hint: String,
+}
+
+impl Verdict {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Verdict::Allow)
+    }
+}
+
+impl Policy {
+    /// Judges one statement. `prepared` resolves `EXECUTE name` to the body
+    /// that `PREPARE name` held in this session.
+    pub fn judge<'s>(
+        &self,
+        stmt: &StatementInfo,
+        facts: Facts<'_>,
+        prepared: &dyn Fn(&str) -> Option<&'s StatementInfo>,
+    ) -> Verdict {
+        self.judge_depth(stmt, facts, prepared, 0)
+    }
+
+    fn judge_depth<'s>(
+        &self,
+        stmt: &StatementInfo,
+        facts: Facts<'_>,
+        prepared: &dyn Fn(&str) -> Option<&'s StatementInfo>,
+        depth: usize,
+    ) -> Verdict {
+        for access in &stmt.accesses {
+            if let Some(denial) = self.judge_access(access, facts) {
+                return Verdict::Deny(Box::new(denial));
+            }
+        }
+        let options = self.options_for(facts.role);
+        for special in &stmt.specials {
+            let denial = match special {
+                Special::DoBlock if !options.do_blocks => Some(option_denial(
+                    "DO",
+                    "do_blocks",
+                    "DO blocks are not allowed: zoneguard cannot see what they write",
+                    "Run the code through a function created by a DBA, or set do_blocks = true for this role in policy.toml.",
+                )),
+                Special::Call { routine } if !options.call => Some(option_denial(
+                    "CALL",
+                    "call",
+                    &format!("CALL {routine} is not allowed: zoneguard cannot see what a procedure writes"),
+                    "Ask a DBA to allow it with call = true for this role in policy.toml.",
+                )),
+                Special::OtherDdl { operation } if !options.other_ddl => Some(option_denial(
+                    operation,
+                    "other_ddl",
+                    &format!("{operation} is not allowed: schema changes outside the policy's zones are off for this role"),
+                    "Ask a DBA to run it, or set other_ddl = true for this role in policy.toml.",
+                )),
+                Special::ExecutePrepared { name } => match prepared(name) {
+                    Some(body) if depth < 4 => {
+                        match self.judge_depth(body, facts, prepared, depth + 1) {
+                            Verdict::Allow => None,
+                            Verdict::Deny(d) => Some(*d),
+                        }
+                    }
+                    _ => Some(option_denial(
+                        "EXECUTE",
+                        "prepared_statements",
+                        &format!("EXECUTE {name} is not allowed: zoneguard did not see prepared statement \"{name}\" being prepared in this session"),
+                        "PREPARE the statement through zoneguard in the same session before executing it.",
+                    )),
+                },
+                Special::Unparsed { may_write: true, reason } => Some(option_denial(
+                    &stmt.command,
+                    "unparsed",
+                    &format!("statement rejected: zoneguard could not tell whether it writes ({reason})"),
+                    "zoneguard fails closed on statements it cannot parse. Rewrite the statement in plainer SQL, or run it over a direct connection with a role the DBA trusts.",
+                )),
+                _ => None,
+            };
+            if let Some(d) = denial {
+                return Verdict::Deny(Box::new(d));
+            }
+        }
+        Verdict::Allow
+    }
+
+    /// The rule that decides `op` on `zone` for these facts: the first rule in
+    /// file order whose zone, roles and switch positions all match.
+    pub fn rule_for(&self, zone: &str, facts: Facts<'_>) -> Option<&super::Rule> {
+        self.rules.iter().find(|r| {
+            r.zone == zone
+                && (r.roles.is_empty() || r.roles.iter().any(|x| x == facts.role))
+                && r.when.iter().all(|(sw, pos)| {
+                    facts
+                        .switches
+                        .get(sw)
+                        .copied()
+                        .or_else(|| self.switches.get(sw).map(|s| s.default))
+                        == Some(*pos)
+                })
+        })
+    }
+
+    fn judge_access(&self, access: &TableAccess, facts: Facts<'_>) -> Option<Denial> {
+        for zone in self.zones_of(&access.table) {
+            let (allowed, rule_name, reason, hint) = match self.rule_for(zone, facts) {
+                Some(rule) => (
+                    rule.allow,
+                    rule.name.as_str(),
+                    rule.reason.clone(),
+                    rule.hint.clone(),
+                ),
+                None => (self.default_allow, "defaults", None, None),
+            };
+            if allowed.contains(access.op) {
+                continue;
+            }
+            let words = allowed.words();
+            let reason = reason.unwrap_or_else(|| {
+                let what = if zone == UNLISTED_ZONE {
+                    "tables that no zone names".to_string()
+                } else {
+                    format!("{zone} zone")
+                };
+                match words.as_slice() {
+                    [] => format!("{what} allows nothing for role \"{}\"", facts.role),
+                    ["read"] => format!("{what} is read-only"),
+                    w => format!("{what} allows only {}", w.join(", ")),
+                }
+            });
+            let hint = hint.unwrap_or_else(|| {
+                let allows = if words.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    words.join(", ")
+                };
+                let mut h = format!(
+                    "zoneguard rule \"{rule_name}\" allows {allows} on zone \"{zone}\" for role \"{}\".",
+                    facts.role
+                );
+                if access.op != Op::Read {
+                    h.push_str(" Write to a zone that allows it, or ask a DBA to change policy.toml.");
+                }
+                h
+            });
+            return Some(Denial {
+                operation: access.operation.clone(),
+                table: Some(access.table.to_string()),
+                zone: Some(zone.to_string()),
+                rule: rule_name.to_string(),
+                sqlstate: SQLSTATE_REJECTED,
+                message: format!(
+                    "{} on {} is not allowed: {reason}",
+                    access.operation, access.table
+                ),
+                hint,
+            });
+        }
+        None
+    }
+
+    /// Judges a fast-path FunctionCall message (a function called by OID,
+    /// which no SQL parser can see into).
+    pub fn judge_function_call(&self, role: &str) -> Verdict {
+        if self.options_for(role).function_calls {
+            return Verdict::Allow;
+        }
+        Verdict::Deny(Box::new(option_denial(
+            "FUNCTION CALL",
+            "function_calls",
+            "fast-path function calls are not allowed: zoneguard cannot see what a function called by OID writes",
+            "Call the function with SELECT instead, or set function_calls = true for this role in policy.toml.",
+        )))
+    }
+}
+
+fn option_denial(operation: &str, rule: &str, message: &str, hint: &str) -> Denial {
+    Denial {
+        operation: operation.to_string(),
+        table: None,
+        zone: None,
+        rule: rule.to_string(),
+        sqlstate: SQLSTATE_REJECTED,
+        message: message.to_string(),
+        hint: hint.to_string(),
+    }
+}

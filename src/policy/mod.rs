@@ -1,0 +1,230 @@
+//! The policy: zones, rules, switches and per-role options, and the pure
+//! decision that turns a classified statement plus session facts into a
+//! [`Verdict`]. Nothing here touches a socket.
+
+mod file;
+mod judge;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub use file::{load, parse, parse_table_name, PolicyError};
+pub use judge::{Denial, Facts, Verdict};
+
+use crate::classify::{Op, RelationName};
+
+/// The pseudo-zone of tables that no zone names.
+pub const UNLISTED_ZONE: &str = "unlisted";
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub zones: Vec<Zone>,
+    /// In file order: the first rule that matches wins (like pg_hba.conf).
+    pub rules: Vec<Rule>,
+    pub switches: BTreeMap<String, Switch>,
+    /// What is allowed where no rule matches.
+    pub default_allow: Allowed,
+    pub default_options: RoleOptions,
+    pub roles: BTreeMap<String, RoleOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Zone {
+    pub name: String,
+    pub description: Option<String>,
+    pub tables: Vec<RelationName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub zone: String,
+    /// Empty: every role.
+    pub roles: Vec<String>,
+    /// Switch positions this rule needs; empty: always.
+    pub when: Vec<(String, bool)>,
+    pub allow: Allowed,
+    pub reason: Option<String>,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub default: bool,
+    pub description: Option<String>,
+}
+
+/// Statement kinds the guard cannot see into, allowed per role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoleOptions {
+    pub do_blocks: bool,
+    pub call: bool,
+    pub function_calls: bool,
+    pub other_ddl: bool,
+}
+
+/// A set of [`Op`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allowed(u8);
+
+impl Allowed {
+    pub const NONE: Allowed = Allowed(0);
+    pub const READ: Allowed = Allowed(1 << Op::Read as u8);
+
+    pub fn of(op: Op) -> Allowed {
+        Allowed(1 << op as u8)
+    }
+
+    pub fn contains(self, op: Op) -> bool {
+        self.0 & (1 << op as u8) != 0
+    }
+
+    pub fn union(self, other: Allowed) -> Allowed {
+        Allowed(self.0 | other.0)
+    }
+
+    /// Parses one word of an `allow = [...]` list.
+    pub fn parse(word: &str) -> Option<Allowed> {
+        let ops: &[Op] = match word {
+            "read" => &[Op::Read],
+            "insert" => &[Op::Insert],
+            "update" => &[Op::Update],
+            "delete" => &[Op::Delete],
+            "truncate" => &[Op::Truncate],
+            "lock" => &[Op::Lock],
+            "ddl" => &[Op::Ddl],
+            "write" => &[Op::Insert, Op::Update, Op::Delete, Op::Truncate],
+            "all" => &[
+                Op::Read,
+                Op::Insert,
+                Op::Update,
+                Op::Delete,
+                Op::Truncate,
+                Op::Lock,
+                Op::Ddl,
+            ],
+            _ => return None,
+        };
+        Some(
+            ops.iter()
+                .fold(Allowed::NONE, |a, op| a.union(Allowed::of(*op))),
+        )
+    }
+
+    /// The operations in the set, as policy words.
+    pub fn words(self) -> Vec<&'static str> {
+        [
+            Op::Read,
+            Op::Insert,
+            Op::Update,
+            Op::Delete,
+            Op::Truncate,
+            Op::Lock,
+            Op::Ddl,
+        ]
+        .into_iter()
+        .filter(|op| self.contains(*op))
+        .map(Op::as_str)
+        .collect()
+    }
+}
+
+impl Policy {
+    /// The zones a relation may be, as named in a statement. A qualified name
+    /// matches entries with the same schema and unqualified entries; an
+    /// unqualified name (resolved by search_path at run time) matches every
+    /// entry of that name, whatever its schema. No match: [`UNLISTED_ZONE`].
+    pub fn zones_of(&self, rel: &RelationName) -> Vec<&str> {
+        let mut out = Vec::new();
+        for zone in &self.zones {
+            let hit = zone.tables.iter().any(|t| {
+                t.name == rel.name
+                    && match (&t.schema, &rel.schema) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    }
+            });
+            if hit {
+                out.push(zone.name.as_str());
+            }
+        }
+        if out.is_empty() {
+            out.push(UNLISTED_ZONE);
+        }
+        out
+    }
+
+    pub fn options_for(&self, role: &str) -> RoleOptions {
+        self.roles
+            .get(role)
+            .copied()
+            .unwrap_or(self.default_options)
+    }
+
+    /// The switch positions a fresh start begins with.
+    pub fn default_switches(&self) -> BTreeMap<String, bool> {
+        self.switches
+            .iter()
+            .map(|(k, v)| (k.clone(), v.default))
+            .collect()
+    }
+}
+
+/// Operational settings (not policy): where to listen, where the database
+/// is, limits, and where audit records go. Overridable by environment
+/// variables `ZONEGUARD__PROXY__LISTEN`, `ZONEGUARD__AUDIT__FILE`, ...
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub proxy: ProxySettings,
+    pub audit: AuditSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Address the guard listens on.
+    pub listen: String,
+    /// The real PostgreSQL server, `host:port`.
+    pub upstream: String,
+    /// Largest protocol message accepted from a client or server, in bytes.
+    pub max_message_bytes: usize,
+    /// How long a client may take to send its startup packet, in seconds.
+    pub startup_timeout_secs: u64,
+    /// How long to wait for the upstream TCP connection, in seconds.
+    pub connect_timeout_secs: u64,
+    /// Most client connections served at once; more get 53300.
+    pub max_clients: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            listen: "127.0.0.1:6432".into(),
+            upstream: "127.0.0.1:5432".into(),
+            max_message_bytes: 64 << 20,
+            startup_timeout_secs: 10,
+            connect_timeout_secs: 5,
+            max_clients: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// A file path (JSON lines, appended), or "-" for standard output.
+    pub file: String,
+    /// Statements longer than this many characters are cut in the record.
+    pub max_statement_chars: usize,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            file: "zoneguard-audit.jsonl".into(),
+            max_statement_chars: 4096,
+        }
+    }
+}

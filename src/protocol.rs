@@ -1,0 +1,327 @@
+//! PostgreSQL protocol frames as the guard sees them: the untagged startup
+//! packets, tagged messages kept as their raw bytes, and the few messages the
+//! guard builds itself. Lengths are validated before anything is allocated.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::Message;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub const SSL_REQUEST: i32 = 80877103;
+pub const GSSENC_REQUEST: i32 = 80877104;
+pub const CANCEL_REQUEST: i32 = 80877102;
+pub const PROTOCOL_3_0: i32 = 196608;
+/// PostgreSQL's own limit on a startup packet (MAX_STARTUP_PACKET_LENGTH).
+pub const MAX_STARTUP_LEN: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("invalid message length {len} for message type {tag:?}")]
+    BadLength { tag: char, len: i64 },
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    #[error("unsupported frontend protocol {major}.{minor}: zoneguard supports 3.0")]
+    UnsupportedProtocol { major: i32, minor: i32 },
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The first packet of a connection.
+#[derive(Debug)]
+pub enum FirstPacket {
+    Ssl,
+    GssEnc,
+    /// The whole packet, to forward as is to the upstream.
+    Cancel(Bytes),
+    Startup(Startup),
+}
+
+#[derive(Debug, Clone)]
+pub struct Startup {
+    /// The whole packet as the client sent it, relayed byte for byte.
+    pub raw: Bytes,
+    pub params: Vec<(String, String)>,
+}
+
+impl Startup {
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn user(&self) -> &str {
+        self.param("user").unwrap_or("")
+    }
+    /// The database, which defaults to the user name as in PostgreSQL.
+    pub fn database(&self) -> &str {
+        self.param("database").unwrap_or_else(|| self.user())
+    }
+}
+
+/// Reads one untagged startup-phase packet. `Ok(None)` on a clean EOF before
+/// any byte (port probes, health checks).
+pub async fn read_first_packet<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<FirstPacket>, ProtocolError> {
+    let mut len_buf = [0u8; 4];
+    match r.read(&mut len_buf[..1]).await? {
+        0 => return Ok(None),
+        _ => r
+            .read_exact(&mut len_buf[1..])
+            .await
+            .map_err(|_| ProtocolError::Truncated)?,
+    };
+    let len = i32::from_be_bytes(len_buf) as i64;
+    if !(8..=MAX_STARTUP_LEN as i64).contains(&len) {
+        return Err(ProtocolError::BadLength { tag: '0', len });
+    }
+    let mut raw = BytesMut::with_capacity(len as usize);
+    raw.extend_from_slice(&len_buf);
+    raw.resize(len as usize, 0);
+    r.read_exact(&mut raw[4..])
+        .await
+        .map_err(|_| ProtocolError::Truncated)?;
+    let raw = raw.freeze();
+    let code = i32::from_be_bytes(raw[4..8].try_into().unwrap());
+    match code {
+        SSL_REQUEST if len == 8 => Ok(Some(FirstPacket::Ssl)),
+        GSSENC_REQUEST if len == 8 => Ok(Some(FirstPacket::GssEnc)),
+        CANCEL_REQUEST if len == 16 => Ok(Some(FirstPacket::Cancel(raw))),
+        PROTOCOL_3_0 => Ok(Some(FirstPacket::Startup(Startup {
+            params: parse_startup_params(&raw[8..])?,
+            raw,
+        }))),
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => Err(ProtocolError::Malformed("startup")),
+        other => Err(ProtocolError::UnsupportedProtocol {
+            major: other >> 16,
+            minor: other & 0xffff,
+        }),
+    }
+}
+
+fn parse_startup_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError> {
+    let mut params = Vec::new();
+    loop {
+        let key = take_cstr(&mut body).ok_or(ProtocolError::Malformed("startup"))?;
+        if key.is_empty() {
+            break;
+        }
+        let value = take_cstr(&mut body).ok_or(ProtocolError::Malformed("startup"))?;
+        params.push((
+            String::from_utf8_lossy(key).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+    }
+    Ok(params)
+}
+
+/// Takes a NUL-terminated string off the front of `buf`.
+pub fn take_cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let end = buf.iter().position(|b| *b == 0)?;
+    let s = &buf[..end];
+    *buf = &buf[end + 1..];
+    Some(s)
+}
+
+/// A tagged message, kept as the exact bytes that arrived (tag and length
+/// included), so it can be relayed without re-encoding.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub raw: Bytes,
+}
+
+impl Frame {
+    pub fn tag(&self) -> u8 {
+        self.raw[0]
+    }
+    pub fn body(&self) -> &[u8] {
+        &self.raw[5..]
+    }
+}
+
+/// Splits the next complete frame off `buf`: `Ok(None)` when more bytes are
+/// needed (after reserving room for them), an error for a length that no
+/// valid message has or that exceeds `max`.
+pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as i64;
+    if len < 4 {
+        return Err(ProtocolError::BadLength {
+            tag: buf[0] as char,
+            len,
+        });
+    }
+    let total = len as usize + 1;
+    if total > max {
+        return Err(ProtocolError::TooLarge { len: total, max });
+    }
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(Frame {
+        raw: buf.split_to(total).freeze(),
+    }))
+}
+
+/// The SQL text of a simple Query message.
+pub fn query_text(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    let mut b = body;
+    let q = take_cstr(&mut b).ok_or(ProtocolError::Malformed("Query"))?;
+    Ok(q)
+}
+
+/// A decoded Parse message: statement name, SQL, and the rest (parameter
+/// types) as raw bytes.
+pub struct ParseMsg<'a> {
+    pub name: &'a [u8],
+    pub query: &'a [u8],
+    pub param_types: &'a [u8],
+}
+
+pub fn parse_message(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
+    let mut b = body;
+    let name = take_cstr(&mut b).ok_or(ProtocolError::Malformed("Parse"))?;
+    let query = take_cstr(&mut b).ok_or(ProtocolError::Malformed("Parse"))?;
+    if b.len() < 2 {
+        return Err(ProtocolError::Malformed("Parse"));
+    }
+    let n = (&b[..2]).get_i16();
+    if n < 0 || b.len() != 2 + 4 * n as usize {
+        return Err(ProtocolError::Malformed("Parse"));
+    }
+    Ok(ParseMsg {
+        name,
+        query,
+        param_types: b,
+    })
+}
+
+/// Builds a Query message.
+pub fn query_message(sql: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(sql.len() + 6);
+    b.put_u8(b'Q');
+    b.put_i32((sql.len() + 5) as i32);
+    b.put_slice(sql.as_bytes());
+    b.put_u8(0);
+    b.freeze()
+}
+
+/// Builds a Parse message with no declared parameter types.
+pub fn parse_message_bytes(name: &[u8], sql: &str) -> Bytes {
+    let len = 4 + name.len() + 1 + sql.len() + 1 + 2;
+    let mut b = BytesMut::with_capacity(len + 1);
+    b.put_u8(b'P');
+    b.put_i32(len as i32);
+    b.put_slice(name);
+    b.put_u8(0);
+    b.put_slice(sql.as_bytes());
+    b.put_u8(0);
+    b.put_i16(0);
+    b.freeze()
+}
+
+/// Severity of an error the guard sends itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+/// Encodes an ErrorResponse.
+pub fn error_response(severity: Severity, code: &str, message: &str, hint: Option<&str>) -> Bytes {
+    let sev = match severity {
+        Severity::Error => "ERROR",
+        Severity::Fatal => "FATAL",
+    };
+    let mut fields = vec![
+        (b'S', sev.to_string()),
+        (b'V', sev.to_string()),
+        (b'C', code.to_string()),
+        (b'M', message.to_string()),
+    ];
+    if let Some(h) = hint {
+        fields.push((b'H', h.to_string()));
+    }
+    let mut buf = BytesMut::new();
+    ErrorResponse::new(fields)
+        .encode(&mut buf)
+        .expect("encoding an ErrorResponse into memory cannot fail");
+    buf.freeze()
+}
+
+/// Encodes a ReadyForQuery with the given transaction status byte.
+pub fn ready_for_query(status: u8) -> Bytes {
+    let mut buf = BytesMut::new();
+    ReadyForQuery::new(TransactionStatus::try_from(status).unwrap_or(TransactionStatus::Idle))
+        .encode(&mut buf)
+        .expect("encoding a ReadyForQuery into memory cannot fail");
+    buf.freeze()
+}
+
+/// Finds `needle` in `hay` (the guard's marker in a server error).
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_and_wait_for_more() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&query_message("SELECT 1"));
+        let whole = buf.clone();
+        let mut partial = BytesMut::from(&whole[..7]);
+        assert!(next_frame(&mut partial, 1 << 20).unwrap().is_none());
+        let f = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.tag(), b'Q');
+        assert_eq!(query_text(f.body()).unwrap(), b"SELECT 1");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn bad_and_huge_lengths_are_errors() {
+        let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
+        assert!(matches!(
+            next_frame(&mut buf, 100),
+            Err(ProtocolError::BadLength { .. })
+        ));
+        let mut buf = BytesMut::from(&[b'Q', 0x7f, 0, 0, 0][..]);
+        assert!(matches!(
+            next_frame(&mut buf, 100),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn parse_messages_round_trip() {
+        let raw = parse_message_bytes(b"s1", "SELECT $1");
+        let mut buf = BytesMut::from(&raw[..]);
+        let f = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let p = parse_message(f.body()).unwrap();
+        assert_eq!(p.name, b"s1");
+        assert_eq!(p.query, b"SELECT $1");
+        assert!(parse_message(b"s1\0SELECT\0\0\x05").is_err());
+    }
+
+    #[test]
+    fn error_response_has_fields() {
+        let e = error_response(Severity::Error, "42501", "no", Some("hint"));
+        assert_eq!(e[0], b'E');
+        assert!(find(&e, b"C42501\0").is_some());
+        assert!(find(&e, b"Hhint\0").is_some());
+        assert_eq!(&ready_for_query(b'T')[..], &[b'Z', 0, 0, 0, 5, b'T']);
+    }
+}

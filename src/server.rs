@@ -1,0 +1,96 @@
+//! The accept loop and the state every session shares.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::audit::AuditLog;
+use crate::policy::{Policy, Settings};
+use crate::protocol::{self, Severity};
+
+/// The policy in force and the switch positions, swapped as one.
+#[derive(Debug)]
+pub struct Runtime {
+    pub policy: Policy,
+    pub switches: BTreeMap<String, bool>,
+}
+
+/// State shared by all sessions, passed in (never global) so that tests can
+/// run several guards in one process.
+pub struct Guard {
+    pub runtime: ArcSwap<Runtime>,
+    pub settings: Settings,
+    pub audit: AuditLog,
+    /// Random per process; part of every rejection marker.
+    pub nonce: String,
+    next_session: AtomicU64,
+    clients: Arc<Semaphore>,
+}
+
+impl Guard {
+    pub async fn new(policy: Policy, settings: Settings) -> std::io::Result<Arc<Guard>> {
+        let audit =
+            AuditLog::open(&settings.audit.file, settings.audit.max_statement_chars).await?;
+        let switches = policy.default_switches();
+        Ok(Arc::new(Guard {
+            runtime: ArcSwap::from_pointee(Runtime { policy, switches }),
+            clients: Arc::new(Semaphore::new(settings.proxy.max_clients)),
+            settings,
+            audit,
+            nonce: format!("{:016x}", rand::random::<u64>()),
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Accepts clients until `shutdown` completes. Takes an already-bound
+/// listener, so tests bind port 0 and run the real server in-process.
+pub async fn run(listener: TcpListener, guard: Arc<Guard>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let guard = guard.clone();
+        match guard.clients.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    crate::session::serve(guard, socket, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let mut socket = socket;
+                    let msg = protocol::error_response(
+                        Severity::Fatal,
+                        "53300",
+                        "sorry, too many clients already",
+                        Some("zoneguard's [proxy] max_clients limit is reached."),
+                    );
+                    let _ = socket.write_all(&msg).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! One client connection: the startup handshake, then two relays (client to
+//! server, server to client) that frame messages, judge what must be judged
+//! and pass everything else through as the bytes that arrived.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::audit::{self, AuditRecord, SessionInfo};
+use crate::classify::{self, Deallocate, StatementInfo};
+use crate::policy::{Denial, Facts, Verdict};
+use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
+use crate::reject::Rejections;
+use crate::server::Guard;
+
+/// Largest message accepted from the server (PostgreSQL's own limit is 1 GB).
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
+    let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
+    let startup = match tokio::time::timeout(timeout, startup_phase(&guard, &mut client)).await {
+        Err(_) => {
+            tracing::debug!(%peer, "startup timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "bad startup");
+            let msg = protocol::error_response(Severity::Fatal, "08P01", &e.to_string(), None);
+            let _ = client.write_all(&msg).await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(s))) => s,
+    };
+    let info = SessionInfo {
+        id: guard.next_session_id(),
+        client_addr: peer,
+        user: startup.user().to_string(),
+        database: startup.database().to_string(),
+        application_name: startup.param("application_name").unwrap_or("").to_string(),
+    };
+    let upstream = match connect_upstream(&guard).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(session = info.id, error = %e, "upstream unreachable");
+            let msg = protocol::error_response(
+                Severity::Fatal,
+                "08006",
+                &format!(
+                    "zoneguard could not connect to the database server at {}: {e}",
+                    guard.settings.proxy.upstream
+                ),
+                Some("Check that PostgreSQL is running and that [proxy] upstream in policy.toml points at it."),
+            );
+            let _ = client.write_all(&msg).await;
+            return;
+        }
+    };
+    tracing::debug!(session = info.id, user = %info.user, db = %info.database, "session start");
+    relay(guard, info, startup, client, upstream).await;
+}
+
+/// Answers SSLRequest and GSSENCRequest with `N`, forwards a CancelRequest,
+/// and returns the StartupMessage.
+async fn startup_phase(
+    guard: &Guard,
+    client: &mut TcpStream,
+) -> Result<Option<Startup>, ProtocolError> {
+    loop {
+        match protocol::read_first_packet(client).await? {
+            None => return Ok(None),
+            Some(FirstPacket::Ssl) | Some(FirstPacket::GssEnc) => client.write_all(b"N").await?,
+            Some(FirstPacket::Cancel(raw)) => {
+                // Forwarded as is: BackendKeyData passed through unchanged,
+                // so the key the client holds is the server's own.
+                if let Ok(mut up) = connect_upstream(guard).await {
+                    let _ = up.write_all(&raw).await;
+                    let mut sink = [0u8; 1];
+                    let _ = up.read(&mut sink).await;
+                }
+                return Ok(None);
+            }
+            Some(FirstPacket::Startup(s)) => return Ok(Some(s)),
+        }
+    }
+}
+
+async fn connect_upstream(guard: &Guard) -> std::io::Result<TcpStream> {
+    let dur = Duration::from_secs(guard.settings.proxy.connect_timeout_secs);
+    let s = tokio::time::timeout(dur, TcpStream::connect(&guard.settings.proxy.upstream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// How the client-to-server half ended.
+enum ClientEnd {
+    /// Terminate, EOF or a broken socket: nothing more to tell the client.
+    Gone,
+    /// A protocol violation: the error was handed to the other half to send.
+    Fatal,
+}
+
+async fn relay(
+    guard: Arc<Guard>,
+    info: SessionInfo,
+    startup: Startup,
+    client: TcpStream,
+    mut upstream: TcpStream,
+) {
+    if upstream.write_all(&startup.raw).await.is_err() {
+        return;
+    }
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let rejections = Arc::new(Mutex::new(Rejections::new(&guard.nonce)));
+    let (fatal_tx, fatal_rx) = mpsc::channel::<Bytes>(1);
+    let mut c2s = ClientSide {
+        guard: guard.clone(),
+        info,
+        prepared: HashMap::new(),
+        rejections: rejections.clone(),
+    };
+    let c2s = c2s.run(cr, uw, fatal_tx);
+    let s2c = server_to_client(&guard, ur, cw, rejections, fatal_rx);
+    tokio::pin!(c2s, s2c);
+    tokio::select! {
+        _ = &mut s2c => {}
+        end = &mut c2s => {
+            if let ClientEnd::Fatal = end {
+                // Let the server half deliver the error, briefly.
+                let _ = tokio::time::timeout(Duration::from_secs(5), s2c).await;
+            }
+        }
+    }
+}
+
+struct ClientSide {
+    guard: Arc<Guard>,
+    info: SessionInfo,
+    /// Bodies of SQL-level `PREPARE name AS ...` seen in this session, so
+    /// that `EXECUTE name` is judged by what it runs. A name prepared twice
+    /// keeps both bodies merged (the server keeps the first; the guard
+    /// cannot know which one succeeded, so it judges by all of them).
+    prepared: HashMap<String, StatementInfo>,
+    rejections: Arc<Mutex<Rejections>>,
+}
+
+impl ClientSide {
+    async fn run(
+        &mut self,
+        mut cr: OwnedReadHalf,
+        mut uw: OwnedWriteHalf,
+        fatal: mpsc::Sender<Bytes>,
+    ) -> ClientEnd {
+        let max = self.guard.settings.proxy.max_message_bytes;
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut out = BytesMut::with_capacity(8 * 1024);
+        loop {
+            match cr.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    // The client vanished: closing our side makes the server
+                    // end the session and roll back any open transaction.
+                    let _ = uw.shutdown().await;
+                    return ClientEnd::Gone;
+                }
+                Ok(_) => {}
+            }
+            loop {
+                let frame = match protocol::next_frame(&mut buf, max) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(session = self.info.id, error = %e, "protocol violation from client");
+                        let _ = uw.write_all(&out).await;
+                        let code = match e {
+                            ProtocolError::TooLarge { .. } => "54000",
+                            _ => "08P01",
+                        };
+                        let msg = protocol::error_response(
+                            Severity::Fatal,
+                            code,
+                            &format!("zoneguard: {e}"),
+                            Some("The connection is closed; nothing after the last complete message was run."),
+                        );
+                        let _ = fatal.send(msg).await;
+                        let _ = uw.shutdown().await;
+                        return ClientEnd::Fatal;
+                    }
+                };
+                match self.judge_frame(&frame).await {
+                    Ok(Some(replacement)) => out.extend_from_slice(&replacement),
+                    Ok(None) => out.extend_from_slice(&frame.raw),
+                    Err(e) => {
+                        let msg = protocol::error_response(
+                            Severity::Fatal,
+                            "08P01",
+                            &format!("zoneguard: {e}"),
+                            None,
+                        );
+                        let _ = uw.write_all(&out).await;
+                        let _ = fatal.send(msg).await;
+                        let _ = uw.shutdown().await;
+                        return ClientEnd::Fatal;
+                    }
+                }
+                if frame.tag() == b'X' {
+                    let _ = uw.write_all(&out).await;
+                    let _ = uw.shutdown().await;
+                    return ClientEnd::Gone;
+                }
+            }
+            if !out.is_empty() {
+                if uw.write_all(&out).await.is_err() {
+                    return ClientEnd::Gone;
+                }
+                out.clear();
+            }
+        }
+    }
+
+    /// Returns the bytes to send instead of `frame`, if it is rejected.
+    async fn judge_frame(
+        &mut self,
+        frame: &protocol::Frame,
+    ) -> Result<Option<Bytes>, ProtocolError> {
+        match frame.tag() {
+            b'Q' => {
+                let sql = String::from_utf8_lossy(protocol::query_text(frame.body())?);
+                let verdict = self.judge_sql(&sql);
+                let out = match verdict {
+                    Some(denial) => {
+                        let replacement = self.reject(denial, "simple", &sql).await;
+                        Some(protocol::query_message(&replacement))
+                    }
+                    None => None,
+                };
+                self.rejections.lock().unwrap().expect_ready();
+                Ok(out)
+            }
+            b'P' => {
+                let msg = protocol::parse_message(frame.body())?;
+                let sql = String::from_utf8_lossy(msg.query);
+                match self.judge_sql(&sql) {
+                    Some(denial) => {
+                        let replacement = self.reject(denial, "extended", &sql).await;
+                        Ok(Some(protocol::parse_message_bytes(msg.name, &replacement)))
+                    }
+                    None => Ok(None),
+                }
+            }
+            b'F' => {
+                let verdict = self
+                    .guard
+                    .runtime
+                    .load()
+                    .policy
+                    .judge_function_call(&self.info.user);
+                let out = match verdict {
+                    Verdict::Allow => None,
+                    Verdict::Deny(d) => {
+                        let replacement = self.reject(*d, "function_call", "").await;
+                        Some(protocol::query_message(&replacement))
+                    }
+                };
+                self.rejections.lock().unwrap().expect_ready();
+                Ok(out)
+            }
+            b'S' => {
+                self.rejections.lock().unwrap().expect_ready();
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Classifies and judges every statement of `sql`; the first denial wins.
+    fn judge_sql(&mut self, sql: &str) -> Option<Denial> {
+        let runtime = self.guard.runtime.load();
+        let statements = classify::classify(sql);
+        let facts = Facts {
+            role: &self.info.user,
+            switches: &runtime.switches,
+        };
+        let prepared = &self.prepared;
+        for st in &statements {
+            if let Verdict::Deny(d) = runtime.policy.judge(st, facts, &|name| prepared.get(name)) {
+                return Some(*d);
+            }
+        }
+        for st in statements {
+            if let Some(p) = st.prepares {
+                let entry = self.prepared.entry(p.name).or_default();
+                entry.accesses.extend(p.body.accesses);
+                entry.specials.extend(p.body.specials);
+            }
+            match st.deallocates {
+                Some(Deallocate::All) => self.prepared.clear(),
+                Some(Deallocate::Name(n)) => {
+                    self.prepared.remove(&n);
+                }
+                None => {}
+            }
+        }
+        None
+    }
+
+    /// Audits a rejection, registers it, and returns the SQL to run instead.
+    async fn reject(&self, d: Denial, protocol: &'static str, sql: &str) -> String {
+        let (statement, truncated) = audit::cap(sql, self.guard.audit.max_statement_chars);
+        tracing::info!(session = self.info.id, user = %self.info.user, rule = %d.rule, "rejected: {}", d.message);
+        let record = AuditRecord {
+            time: audit::now_rfc3339(),
+            event: "rejected",
+            session_id: self.info.id,
+            client_addr: self.info.client_addr.to_string(),
+            user: self.info.user.clone(),
+            database: self.info.database.clone(),
+            application_name: self.info.application_name.clone(),
+            protocol,
+            operation: d.operation.clone(),
+            table: d.table.clone(),
+            zone: d.zone.clone(),
+            rule: d.rule.clone(),
+            sqlstate: d.sqlstate.to_string(),
+            message: d.message.clone(),
+            statement,
+            statement_truncated: truncated,
+        };
+        self.guard.audit.write(&record).await;
+        self.rejections.lock().unwrap().register(d)
+    }
+}
+
+async fn server_to_client(
+    guard: &Guard,
+    mut ur: OwnedReadHalf,
+    mut cw: OwnedWriteHalf,
+    rejections: Arc<Mutex<Rejections>>,
+    mut fatal: mpsc::Receiver<Bytes>,
+) {
+    let _ = guard;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    loop {
+        tokio::select! {
+            biased;
+            msg = fatal.recv() => {
+                if let Some(msg) = msg {
+                    let _ = cw.write_all(&msg).await;
+                }
+                let _ = cw.shutdown().await;
+                return;
+            }
+            read = ur.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let msg = protocol::error_response(
+                        Severity::Fatal,
+                        "08006",
+                        "zoneguard: the database server closed the connection",
+                        None,
+                    );
+                    let _ = cw.write_all(&msg).await;
+                    let _ = cw.shutdown().await;
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+        loop {
+            let frame = match protocol::next_frame(&mut buf, MAX_SERVER_MESSAGE) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "bad message from the database server");
+                    let msg = protocol::error_response(
+                        Severity::Fatal,
+                        "08P01",
+                        &format!("zoneguard: bad message from the database server: {e}"),
+                        None,
+                    );
+                    let _ = cw.write_all(&out).await;
+                    let _ = cw.write_all(&msg).await;
+                    return;
+                }
+            };
+            match frame.tag() {
+                b'E' => {
+                    let mut r = rejections.lock().unwrap();
+                    if r.has_pending() {
+                        if let Some(ours) = r.rewrite_error(&frame.raw) {
+                            out.extend_from_slice(&ours);
+                            continue;
+                        }
+                    }
+                }
+                b'Z' => rejections.lock().unwrap().on_ready(),
+                _ => {}
+            }
+            out.extend_from_slice(&frame.raw);
+        }
+        if !out.is_empty() {
+            if cw.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Shared harness for the end-to-end suites: one throwaway PostgreSQL per
+//! test binary (a fixture database cloned per test), and a real zoneguard
+//! started in-process on port 0.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::net::TcpListener;
+use tokio_postgres::{Client, NoTls};
+use zoneguard::cluster::{Cluster, SAMPLE_SQL, SCHEMA_SQL};
+use zoneguard::policy;
+use zoneguard::server::{self, Guard};
+
+pub const SHIPPED_POLICY: &str = include_str!("../../policy.toml");
+
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let c = Cluster::start().expect("start a throwaway PostgreSQL");
+        c.psql("postgres", "CREATE DATABASE fixture").unwrap();
+        c.psql("fixture", SCHEMA_SQL).unwrap();
+        c.psql("fixture", SAMPLE_SQL).unwrap();
+        c
+    })
+}
+
+/// A fresh database cloned from the fixture (schema + sample data).
+pub fn fresh_db() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let c = cluster();
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    c.psql(
+        "postgres",
+        &format!("CREATE DATABASE {name} TEMPLATE fixture"),
+    )
+    .unwrap();
+    name
+}
+
+pub struct TestGuard {
+    pub addr: std::net::SocketAddr,
+    pub guard: Arc<Guard>,
+    pub audit_path: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestGuard {
+    /// Starts a guard in front of the test cluster with the given policy text.
+    pub async fn start(policy_text: &str) -> TestGuard {
+        Self::start_with_upstream(policy_text, &cluster().addr()).await
+    }
+
+    pub async fn start_with_upstream(policy_text: &str, upstream: &str) -> TestGuard {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, policy_text).unwrap();
+        let (policy, mut settings) = policy::load(&path).expect("valid policy");
+        settings.proxy.upstream = upstream.to_string();
+        settings.proxy.max_message_bytes = 1 << 20;
+        let audit_path = dir.path().join("audit.jsonl");
+        settings.audit.file = audit_path.display().to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let guard = Guard::new(policy, settings).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server::run(listener, guard.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestGuard {
+            addr,
+            guard,
+            audit_path,
+            _dir: dir,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn url(&self, user: &str, db: &str) -> String {
+        format!("postgresql://{user}@127.0.0.1:{}/{db}", self.addr.port())
+    }
+
+    pub async fn connect(&self, user: &str, db: &str) -> Client {
+        connect_url(&self.url(user, db)).await
+    }
+
+    /// The audit records written so far.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        read_jsonl(&self.audit_path)
+    }
+}
+
+impl Drop for TestGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
+
+pub async fn connect_url(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A direct connection to the test cluster, bypassing the guard.
+pub async fn direct(db: &str) -> Client {
+    connect_url(&cluster().url("postgres", db)).await
+}
+
+pub async fn count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+}
+
+/// The SQLSTATE of an error, or panics if the result is not an error.
+pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, tokio_postgres::Error>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("not a database error: {e}"))
+            .code()
+            .code()
+            .to_string(),
+    }
+}
+
+pub fn db_error<T: std::fmt::Debug>(
+    r: Result<T, tokio_postgres::Error>,
+) -> tokio_postgres::error::DbError {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("not a database error: {e}"))
+            .clone(),
+    }
+}
+
+/// The legacy tables' contents, to prove nothing changed.
+pub async fn legacy_snapshot(c: &Client) -> String {
+    let row = c
+        .query_one(
+            "SELECT (SELECT string_agg(id || ':' || email, ',' ORDER BY id) FROM users) || '|' ||
+                    (SELECT string_agg(id || ':' || status || ':' || amount, ',' ORDER BY id) FROM transactions) || '|' ||
+                    (SELECT count(*) FROM user_assessments)::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+/// A Python interpreter with psycopg 3, installing it into a venv under
+/// target/ when the system one lacks it (needs PyPI).
+pub fn python_with_psycopg() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let ok = |py: &Path| {
+            std::process::Command::new(py)
+                .args(["-c", "import psycopg"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        let system = PathBuf::from("python3");
+        if ok(&system) {
+            return system;
+        }
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv");
+        let py = venv.join("bin/python");
+        if !ok(&py) {
+            let st = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3 -m venv");
+            assert!(st.success(), "python3 -m venv failed");
+            let st = std::process::Command::new(&py)
+                .args(["-m", "pip", "install", "-q", "psycopg[binary]>=3.1"])
+                .status()
+                .expect("pip install psycopg");
+            assert!(st.success(), "pip install psycopg failed");
+        }
+        py
+    })
+    .clone()
+}
+
+pub fn psql_bin() -> PathBuf {
+    let p = cluster().bindir().join("psql");
+    if p.exists() {
+        p
+    } else {
+        PathBuf::from("psql")
+    }
+}
