@@ -154,7 +154,7 @@ pub fn classify(sql: &str) -> Vec<StatementInfo> {
     }
     let mut tokens = tokens;
     tokens::rewrite(&mut tokens);
-    if sql.len() > MAX_STATEMENT_BYTES || tokens::longest_run(&tokens) > INLINE_RUN {
+    if sql.len() > MAX_STATEMENT_BYTES || tokens::depth_bound(&tokens) > INLINE_DEPTH {
         // Large or deep input: judge statement by statement, on a big stack.
         let pieces = tokens::split(tokens);
         return on_big_stack(move || pieces.iter().flat_map(|p| classify_piece(p)).collect());
@@ -175,9 +175,9 @@ const MAX_STATEMENT_BYTES: usize = 1 << 20;
 /// Parser nesting limit.
 const RECURSION_LIMIT: usize = 64;
 /// Token runs longer than this (deep left-associative chains) are classified
-/// on a thread with a large stack; runs longer than `MAX_RUN` are not parsed.
-const INLINE_RUN: usize = 1_000;
-const MAX_RUN: usize = 50_000;
+/// on a thread with a large stack; runs longer than `MAX_DEPTH` are not parsed.
+const INLINE_DEPTH: usize = 1_000;
+const MAX_DEPTH: usize = 50_000;
 const BIG_STACK_BYTES: usize = 256 << 20;
 
 fn unparsed(may_write: bool, reason: impl Into<String>) -> StatementInfo {
@@ -206,7 +206,7 @@ fn classify_piece(piece: &[sqlparser::tokenizer::TokenWithSpan]) -> Vec<Statemen
     if tokens::approx_len(piece) > MAX_STATEMENT_BYTES {
         return vec![unparsed(true, "statement too long to judge")];
     }
-    if tokens::longest_run(piece) > MAX_RUN {
+    if tokens::depth_bound(piece) > MAX_DEPTH {
         return vec![unparsed(true, "expression too deep to judge")];
     }
     if tokens::has_unicode_ident(piece) {

@@ -140,33 +140,39 @@ pub(crate) fn approx_len(tokens: &[TokenWithSpan]) -> usize {
     tokens.iter().map(|t| t.token.to_string().len()).sum()
 }
 
-/// The longest run of tokens at one parenthesis level between commas: a
-/// bound on how deep a left-associative chain (`a OR b OR ...`,
-/// `x UNION y UNION ...`) can make the syntax tree.
-pub(crate) fn longest_run(tokens: &[TokenWithSpan]) -> usize {
+/// A bound on how deep the syntax tree can be: the most tokens on one path
+/// of parenthesis levels, counting at each level only the tokens since the
+/// last comma. Left-associative chains (`a OR b OR ...`, `x UNION y ...`)
+/// are parsed in a loop, so the parser's recursion limit does not bound them.
+pub(crate) fn depth_bound(tokens: &[TokenWithSpan]) -> usize {
     let mut runs: Vec<usize> = vec![0];
-    let mut best = 0;
+    let mut total = 0usize;
+    let mut best = 0usize;
     for t in tokens {
+        let top = runs.len() - 1;
         match t.token {
-            Token::LParen | Token::LBracket => runs.push(0),
+            Token::LParen | Token::LBracket => {
+                runs[top] += 1;
+                total += 1;
+                runs.push(0);
+            }
             Token::RParen | Token::RBracket => {
-                if runs.len() > 1 {
+                if top > 0 {
+                    total -= runs[top];
                     runs.pop();
                 }
             }
             Token::Comma | Token::SemiColon => {
-                if let Some(r) = runs.last_mut() {
-                    *r = 0;
-                }
+                total -= runs[top];
+                runs[top] = 0;
             }
             Token::Whitespace(_) => {}
             _ => {
-                if let Some(r) = runs.last_mut() {
-                    *r += 1;
-                    best = best.max(*r);
-                }
+                runs[top] += 1;
+                total += 1;
             }
         }
+        best = best.max(total);
     }
     best
 }
@@ -222,8 +228,10 @@ mod tests {
     }
 
     #[test]
-    fn longest_run_counts_chains() {
-        assert_eq!(longest_run(&tokenize("SELECT a, b").unwrap()), 2);
-        assert_eq!(longest_run(&tokenize("SELECT 1+1+1").unwrap()), 6);
+    fn depth_bound_counts_chains() {
+        assert_eq!(depth_bound(&tokenize("SELECT a, b").unwrap()), 2);
+        assert_eq!(depth_bound(&tokenize("SELECT 1+1+1").unwrap()), 6);
+        assert_eq!(depth_bound(&tokenize("SELECT (a+b), (c)").unwrap()), 5);
+        assert_eq!(depth_bound(&tokenize("SELECT f(a+a+a, b) + g").unwrap()), 8);
     }
 }
