@@ -10,12 +10,51 @@ use super::{Op, RelationName, Special, StatementInfo, TableAccess};
 
 /// Words that may make an unparsed statement write or change structure.
 const WRITE_WORDS: &[&str] = &[
-    "INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE", "COPY", "CREATE", "ALTER", "DROP",
-    "GRANT", "REVOKE", "COMMENT", "SECURITY", "IMPORT", "REFRESH", "CLUSTER", "REINDEX",
-    "VACUUM", "DO", "CALL", "EXECUTE", "PREPARE", "LOCK", "INTO", "FOR", "REASSIGN", "LOAD",
-    "RENAME", "ATTACH", "DETACH", "OWNER", "UPSERT", "REPLACE", "NEXTVAL", "SETVAL",
-    "SET_CONFIG", "DBLINK_EXEC", "LO_IMPORT", "LO_UNLINK", "LO_EXPORT", "PG_TERMINATE_BACKEND",
-    "PG_CANCEL_BACKEND", "PG_RELOAD_CONF", "STANDARD_CONFORMING_STRINGS", "SYSTEM",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "TRUNCATE",
+    "COPY",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "GRANT",
+    "REVOKE",
+    "COMMENT",
+    "SECURITY",
+    "IMPORT",
+    "REFRESH",
+    "CLUSTER",
+    "REINDEX",
+    "VACUUM",
+    "DO",
+    "CALL",
+    "EXECUTE",
+    "PREPARE",
+    "LOCK",
+    "INTO",
+    "FOR",
+    "REASSIGN",
+    "LOAD",
+    "RENAME",
+    "ATTACH",
+    "DETACH",
+    "OWNER",
+    "UPSERT",
+    "REPLACE",
+    "NEXTVAL",
+    "SETVAL",
+    "SET_CONFIG",
+    "DBLINK_EXEC",
+    "LO_IMPORT",
+    "LO_UNLINK",
+    "LO_EXPORT",
+    "PG_TERMINATE_BACKEND",
+    "PG_CANCEL_BACKEND",
+    "PG_RELOAD_CONF",
+    "STANDARD_CONFORMING_STRINGS",
+    "SYSTEM",
 ];
 
 /// A word token: its upper-cased value and whether it was quoted.
@@ -84,7 +123,11 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
                         operation: "SELECT".to_owned(),
                     });
                     if may_write {
-                        unparsed(&mut info, true, format!("TABLE with extra clauses: {error}"));
+                        unparsed(
+                            &mut info,
+                            true,
+                            format!("TABLE with extra clauses: {error}"),
+                        );
                     }
                 }
                 None => unparsed(&mut info, true, error.to_owned()),
@@ -106,14 +149,21 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
                 }
                 i += 1;
             }
-            while matches!(kw(i).as_str(), "FULL" | "FREEZE" | "VERBOSE" | "ANALYZE" | "ANALYSE") {
+            while matches!(
+                kw(i).as_str(),
+                "FULL" | "FREEZE" | "VERBOSE" | "ANALYZE" | "ANALYSE"
+            ) {
                 full |= kw(i) == "FULL";
                 i += 1;
             }
             let names = name_list(&toks, &mut i);
             if full {
                 if names.is_empty() {
-                    unparsed(&mut info, true, "VACUUM FULL of the whole database".to_owned());
+                    unparsed(
+                        &mut info,
+                        true,
+                        "VACUUM FULL of the whole database".to_owned(),
+                    );
                 }
                 for n in names {
                     ddl(&mut info, n, "VACUUM FULL");
@@ -223,7 +273,12 @@ fn qualified_name(toks: &[&Token], i: &mut usize) -> Option<RelationName> {
     let mut j = *i;
     loop {
         let w = toks.get(j).and_then(|t| word(t))?;
-        if !w.quoted && matches!(w.upper.as_str(), "ON" | "USING" | "ORDER" | "LIMIT" | "OFFSET" | "FETCH") {
+        if !w.quoted
+            && matches!(
+                w.upper.as_str(),
+                "ON" | "USING" | "ORDER" | "LIMIT" | "OFFSET" | "FETCH"
+            )
+        {
             return None;
         }
         parts.push(norm_ident(w.value, w.quoted));

@@ -48,7 +48,9 @@ pub(crate) fn finish(w: Walker, command: String) -> StatementInfo {
 /// Is this `EXPLAIN` option list asking for ANALYZE (execution)?
 fn explain_analyzes(options: &Option<Vec<sqlparser::ast::UtilityOption>>) -> bool {
     options.iter().flatten().any(|o| {
-        if !o.name.value.eq_ignore_ascii_case("analyze") && !o.name.value.eq_ignore_ascii_case("analyse") {
+        if !o.name.value.eq_ignore_ascii_case("analyze")
+            && !o.name.value.eq_ignore_ascii_case("analyse")
+        {
             return false;
         }
         let off = match &o.arg {
@@ -241,7 +243,10 @@ impl Walker {
                 if let Some(p) = &ct.partition_of {
                     self.target(Op::Ddl, p, "CREATE TABLE PARTITION OF");
                 }
-                self.ddl_all(ct.inherits.as_deref().unwrap_or(&[]), "CREATE TABLE INHERITS");
+                self.ddl_all(
+                    ct.inherits.as_deref().unwrap_or(&[]),
+                    "CREATE TABLE INHERITS",
+                );
                 self.nested(&ct.columns);
                 self.nested(&ct.constraints);
                 tag(op)
@@ -373,7 +378,11 @@ impl Walker {
                 }
                 op
             }
-            Statement::CreateSequence { name, sequence_options, .. } => {
+            Statement::CreateSequence {
+                name,
+                sequence_options,
+                ..
+            } => {
                 self.target(Op::Ddl, name, "CREATE SEQUENCE");
                 self.nested(sequence_options);
                 tag("CREATE SEQUENCE")
@@ -383,7 +392,10 @@ impl Walker {
                 if let Some(p) = &cf.partition_of {
                     self.target(Op::Ddl, p, "CREATE FOREIGN TABLE PARTITION OF");
                 }
-                self.ddl_all(cf.inherits.as_deref().unwrap_or(&[]), "CREATE FOREIGN TABLE INHERITS");
+                self.ddl_all(
+                    cf.inherits.as_deref().unwrap_or(&[]),
+                    "CREATE FOREIGN TABLE INHERITS",
+                );
                 tag("CREATE FOREIGN TABLE")
             }
             Statement::Comment {
@@ -400,7 +412,11 @@ impl Walker {
                     | CommentObject::Sequence => self.target(Op::Ddl, object_name, "COMMENT"),
                     CommentObject::Column => {
                         let parts = name_parts(object_name).unwrap_or_default();
-                        match parts.len().checked_sub(1).and_then(|n| relation_from_parts(&parts[..n])) {
+                        match parts
+                            .len()
+                            .checked_sub(1)
+                            .and_then(|n| relation_from_parts(&parts[..n]))
+                        {
                             Some(rel) if parts.len() <= 4 => self.add(Op::Ddl, rel, "COMMENT"),
                             _ => self.unparsed("COMMENT ON COLUMN name not understood"),
                         }
@@ -445,7 +461,9 @@ impl Walker {
             Statement::Analyze(_) => tag("ANALYZE"),
             Statement::Lock(l) => {
                 let (op, operation) = match l.lock_mode {
-                    Some(LockTableMode::AccessShare) => (Op::Read, "LOCK TABLE IN ACCESS SHARE MODE"),
+                    Some(LockTableMode::AccessShare) => {
+                        (Op::Read, "LOCK TABLE IN ACCESS SHARE MODE")
+                    }
                     _ => (Op::Lock, "LOCK TABLE"),
                 };
                 for t in &l.tables {
@@ -571,7 +589,9 @@ impl Walker {
             _ => false,
         });
         if !on {
-            self.unparsed("turning off standard_conforming_strings changes how the guard must read strings");
+            self.unparsed(
+                "turning off standard_conforming_strings changes how the guard must read strings",
+            );
         }
     }
 }

@@ -23,7 +23,10 @@ fn tokenize_depth(sql: &str, depth: usize) -> Result<Vec<TokenWithSpan>, String>
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| e.to_string())?;
-    if !tokens.iter().any(|t| matches!(t.token, Token::CopyData { .. })) {
+    if !tokens
+        .iter()
+        .any(|t| matches!(t.token, Token::CopyData { .. }))
+    {
         return Ok(tokens);
     }
     if depth >= MAX_COPY_DEPTH {
@@ -79,7 +82,11 @@ pub(crate) fn rewrite(tokens: &mut [TokenWithSpan]) {
         idx.get(k).is_some_and(|&i| is_word(&tokens[i].token, kw))
     };
     for k in 0..idx.len() {
-        if at(tokens, k, "FOR") && at(tokens, k + 1, "NO") && at(tokens, k + 2, "KEY") && at(tokens, k + 3, "UPDATE") {
+        if at(tokens, k, "FOR")
+            && at(tokens, k + 1, "NO")
+            && at(tokens, k + 2, "KEY")
+            && at(tokens, k + 3, "UPDATE")
+        {
             blank(&mut tokens[idx[k + 1]]);
             blank(&mut tokens[idx[k + 2]]);
         } else if at(tokens, k, "FOR") && at(tokens, k + 1, "KEY") && at(tokens, k + 2, "SHARE") {
@@ -87,7 +94,9 @@ pub(crate) fn rewrite(tokens: &mut [TokenWithSpan]) {
         } else if at(tokens, k, "WHERE")
             && at(tokens, k + 1, "CURRENT")
             && at(tokens, k + 2, "OF")
-            && idx.get(k + 3).is_some_and(|&i| matches!(tokens[i].token, Token::Word(_)))
+            && idx
+                .get(k + 3)
+                .is_some_and(|&i| matches!(tokens[i].token, Token::Word(_)))
         {
             tokens[idx[k + 1]].token = Token::Word(Word {
                 value: "true".to_owned(),
@@ -202,11 +211,15 @@ mod tests {
 
     #[test]
     fn rewrites_lock_strengths_and_current_of() {
-        let mut t = tokenize("SELECT 1 FROM t FOR NO KEY UPDATE; SELECT 1 FROM t FOR KEY SHARE").unwrap();
+        let mut t =
+            tokenize("SELECT 1 FROM t FOR NO KEY UPDATE; SELECT 1 FROM t FOR KEY SHARE").unwrap();
         rewrite(&mut t);
         assert_eq!(
             words(&t),
-            ["SELECT", "1", "FROM", "t", "FOR", "UPDATE", "SELECT", "1", "FROM", "t", "FOR", "SHARE"]
+            [
+                "SELECT", "1", "FROM", "t", "FOR", "UPDATE", "SELECT", "1", "FROM", "t", "FOR",
+                "SHARE"
+            ]
         );
         let mut t = tokenize("DELETE FROM t WHERE CURRENT OF c").unwrap();
         rewrite(&mut t);
@@ -217,14 +230,21 @@ mod tests {
     fn split_respects_parens_strings_and_comments() {
         let t = tokenize("SELECT ';'; /* ; */ SELECT (1); ;; -- ;\n").unwrap();
         assert_eq!(split(t).len(), 2);
-        let t = tokenize("CREATE RULE r AS ON INSERT TO t DO (INSERT INTO a VALUES (1); DELETE FROM b)").unwrap();
+        let t = tokenize(
+            "CREATE RULE r AS ON INSERT TO t DO (INSERT INTO a VALUES (1); DELETE FROM b)",
+        )
+        .unwrap();
         assert_eq!(split(t).len(), 1);
     }
 
     #[test]
     fn unicode_identifier_detected() {
-        assert!(has_unicode_ident(&tokenize(r#"SELECT * FROM U&"\0075sers""#).unwrap()));
-        assert!(!has_unicode_ident(&tokenize(r#"SELECT u & "x" FROM t"#).unwrap()));
+        assert!(has_unicode_ident(
+            &tokenize(r#"SELECT * FROM U&"\0075sers""#).unwrap()
+        ));
+        assert!(!has_unicode_ident(
+            &tokenize(r#"SELECT u & "x" FROM t"#).unwrap()
+        ));
     }
 
     #[test]

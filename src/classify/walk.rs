@@ -5,8 +5,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Insert,
-    Join, JoinConstraint, JoinOperator, LockClause, LockType, Merge, MergeAction, ObjectName,
+    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Insert, Join,
+    JoinConstraint, JoinOperator, LockClause, LockType, Merge, MergeAction, ObjectName,
     ObjectNamePart, OnConflictAction, OnInsert, Query, Select, SetExpr, Statement, TableAlias,
     TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind, Value, Visit, Visitor,
 };
@@ -124,7 +124,7 @@ impl Walker {
     }
 
     fn is_cte(&self, rel: &RelationName) -> bool {
-        rel.schema.is_none() && self.ctes.iter().any(|c| *c == rel.name)
+        rel.schema.is_none() && self.ctes.contains(&rel.name)
     }
 
     /// Reads added since `start`, for locks and views.
@@ -386,7 +386,10 @@ impl Walker {
                 };
                 let k = key(alias).or_else(|| Some(rel.name.clone()));
                 if self.is_cte(&rel) {
-                    items.push(FromItem { key: k, rels: vec![] });
+                    items.push(FromItem {
+                        key: k,
+                        rels: vec![],
+                    });
                     return;
                 }
                 self.add(Op::Read, rel.clone(), "SELECT");
@@ -496,8 +499,7 @@ impl Walker {
     /// Report `op` on every plain table of a target list (`UPDATE a JOIN b`
     /// and `DELETE FROM a, b` are not PostgreSQL, but fail closed).
     fn write_targets(&mut self, op: Op, twj: &TableWithJoins, operation: &str) {
-        let factors =
-            std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
+        let factors = std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
         for tf in factors {
             match tf {
                 TableFactor::Table {
