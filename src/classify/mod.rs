@@ -5,7 +5,10 @@
 
 use std::fmt;
 
+mod ddl;
+mod dml;
 mod fallback;
+mod nested;
 mod stmt;
 mod tokens;
 mod walk;

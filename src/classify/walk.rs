@@ -2,13 +2,9 @@
 //! rows INSERT / UPDATE / DELETE / MERGE touch, row locks, CTE scoping, and
 //! the generic visitor that finds subqueries hidden in expressions.
 
-use std::ops::ControlFlow;
-
 use sqlparser::ast::{
-    Delete, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Insert, Join,
-    JoinConstraint, JoinOperator, LockClause, LockType, Merge, MergeAction, ObjectName,
-    ObjectNamePart, OnConflictAction, OnInsert, Query, Select, SetExpr, Statement, TableAlias,
-    TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind, Value, Visit, Visitor,
+    Expr, Ident, Join, JoinConstraint, JoinOperator, LockClause, LockType, ObjectName,
+    ObjectNamePart, Query, Select, SetExpr, Statement, TableAlias, TableFactor, TableWithJoins,
 };
 
 use super::{Deallocate, Op, Prepared, RelationName, Special, TableAccess};
@@ -114,13 +110,6 @@ impl Walker {
         if let Some(rel) = self.relation(name) {
             self.add(op, rel, operation);
         }
-    }
-
-    /// Visit an AST fragment that is not walked structurally, reporting the
-    /// queries, table factors and statements nested in it.
-    pub fn nested<T: Visit + ?Sized>(&mut self, node: &T) {
-        let mut v = Nested { w: self, depth: 0 };
-        let _ = node.visit(&mut v);
     }
 
     fn is_cte(&self, rel: &RelationName) -> bool {
@@ -325,7 +314,7 @@ impl Walker {
         }
     }
 
-    fn join(&mut self, join: &Join, items: &mut Vec<FromItem>) {
+    pub(crate) fn join(&mut self, join: &Join, items: &mut Vec<FromItem>) {
         self.table_factor(&join.relation, items);
         let constraint = match &join.join_operator {
             JoinOperator::Join(c)
@@ -459,223 +448,5 @@ impl Walker {
                 self.unparsed("table expression is not understood by zoneguard");
             }
         }
-    }
-
-    pub fn insert(&mut self, i: &Insert) {
-        match &i.table {
-            TableObject::TableName(name) => {
-                self.target(Op::Insert, name, "INSERT");
-                if let Some(OnInsert::OnConflict(oc)) = &i.on {
-                    if let OnConflictAction::DoUpdate(du) = &oc.action {
-                        self.target(Op::Update, name, "INSERT ON CONFLICT DO UPDATE");
-                        self.nested(&du.assignments);
-                        self.nested(&du.selection);
-                    }
-                }
-                if let Some(OnInsert::DuplicateKeyUpdate(a)) = &i.on {
-                    self.target(Op::Update, name, "INSERT ON DUPLICATE KEY UPDATE");
-                    self.nested(a);
-                }
-            }
-            _ => self.unparsed("INSERT target is not understood by zoneguard"),
-        }
-        if let Some(q) = &i.source {
-            self.query(q);
-        }
-        self.nested(&i.assignments);
-        self.nested(&i.partitioned);
-        self.nested(&i.returning);
-        self.nested(&i.output);
-        self.nested(&i.settings);
-        if i.multi_table_insert_type.is_some()
-            || !i.multi_table_into_clauses.is_empty()
-            || !i.multi_table_when_clauses.is_empty()
-            || i.multi_table_else_clause.is_some()
-        {
-            self.unparsed("multi-table INSERT is not understood by zoneguard");
-        }
-    }
-
-    /// Report `op` on every plain table of a target list (`UPDATE a JOIN b`
-    /// and `DELETE FROM a, b` are not PostgreSQL, but fail closed).
-    fn write_targets(&mut self, op: Op, twj: &TableWithJoins, operation: &str) {
-        let factors = std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
-        for tf in factors {
-            match tf {
-                TableFactor::Table {
-                    name, args: None, ..
-                } => self.target(op, name, operation),
-                _ => self.unparsed(format!("{operation} target is not understood")),
-            }
-        }
-        for j in &twj.joins {
-            self.join(j, &mut Vec::new());
-        }
-    }
-
-    pub fn update(&mut self, u: &Update) {
-        self.write_targets(Op::Update, &u.table, "UPDATE");
-        if let Some(from) = &u.from {
-            let (UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) = from;
-            for twj in f {
-                self.table_with_joins(twj, &mut Vec::new());
-            }
-        }
-        self.nested(&u.assignments);
-        self.nested(&u.selection);
-        self.nested(&u.returning);
-        self.nested(&u.output);
-        self.nested(&u.order_by);
-        self.nested(&u.limit);
-    }
-
-    pub fn delete(&mut self, d: &Delete) {
-        let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
-        if d.tables.is_empty() {
-            for twj in from {
-                self.write_targets(Op::Delete, twj, "DELETE");
-            }
-        } else {
-            for t in &d.tables {
-                self.target(Op::Delete, t, "DELETE");
-            }
-            for twj in from {
-                self.table_with_joins(twj, &mut Vec::new());
-            }
-        }
-        for twj in d.using.iter().flatten() {
-            self.table_with_joins(twj, &mut Vec::new());
-        }
-        self.nested(&d.selection);
-        self.nested(&d.returning);
-        self.nested(&d.output);
-        self.nested(&d.order_by);
-        self.nested(&d.limit);
-    }
-
-    pub fn merge(&mut self, m: &Merge) {
-        let target = match &m.table {
-            TableFactor::Table {
-                name, args: None, ..
-            } => Some(name),
-            _ => {
-                self.unparsed("MERGE target is not understood by zoneguard");
-                None
-            }
-        };
-        for clause in &m.clauses {
-            let op = match &clause.action {
-                MergeAction::Insert(_) => Some(Op::Insert),
-                MergeAction::Update(_) => Some(Op::Update),
-                MergeAction::Delete { .. } => Some(Op::Delete),
-                MergeAction::DoNothing { .. } => None,
-            };
-            if let (Some(op), Some(name)) = (op, target) {
-                self.target(op, name, "MERGE");
-            }
-            self.nested(&clause.predicate);
-            self.nested(&clause.action);
-        }
-        self.table_factor(&m.source, &mut Vec::new());
-        self.nested(&m.on);
-        self.nested(&m.output);
-    }
-
-    /// `set_config('standard_conforming_strings', ...)` would make the guard
-    /// misread string literals in later statements.
-    fn check_function(&mut self, e: &Expr) {
-        let Expr::Function(f) = e else { return };
-        let is_set_config = name_parts(&f.name)
-            .and_then(|p| p.last().cloned())
-            .is_some_and(|n| n == "set_config");
-        if !is_set_config {
-            return;
-        }
-        let first = match &f.args {
-            FunctionArguments::List(l) => l.args.first(),
-            _ => None,
-        };
-        let literal = match first {
-            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
-                Value::SingleQuotedString(s)
-                | Value::EscapedStringLiteral(s)
-                | Value::UnicodeStringLiteral(s) => Some(s.clone()),
-                Value::DollarQuotedString(d) => Some(d.value.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let safe = literal.is_some_and(|s| {
-            let s = s.trim().to_ascii_lowercase();
-            s != "standard_conforming_strings" && s != "escape_string_warning"
-        });
-        if !safe {
-            self.unparsed("set_config may change how string literals are read");
-        }
-    }
-}
-
-/// Visits an AST fragment and hands the outermost queries, table factors and
-/// statements in it to the walker.
-struct Nested<'w> {
-    w: &'w mut Walker,
-    depth: usize,
-}
-
-impl Visitor for Nested<'_> {
-    type Break = ();
-
-    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        if self.depth == 0 {
-            self.w.query(q);
-        }
-        self.depth += 1;
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
-        self.depth -= 1;
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
-        if self.depth == 0 {
-            self.w.table_factor(tf, &mut Vec::new());
-        }
-        self.depth += 1;
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_table_factor(&mut self, _: &TableFactor) -> ControlFlow<()> {
-        self.depth -= 1;
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
-        if self.depth == 0 {
-            self.w.statement(s);
-        }
-        self.depth += 1;
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_statement(&mut self, _: &Statement) -> ControlFlow<()> {
-        self.depth -= 1;
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
-        if self.depth == 0 {
-            self.w
-                .unparsed(format!("unexpected reference to relation {r}"));
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-        if self.depth == 0 {
-            self.w.check_function(e);
-        }
-        ControlFlow::Continue(())
     }
 }
