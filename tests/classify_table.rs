@@ -1247,3 +1247,19 @@ fn command_tags_and_names() {
     let info = one(&format!("DELETE FROM {long}"));
     assert_eq!(info.accesses[0].table.name, "a".repeat(63));
 }
+
+#[test]
+fn table_query_form() {
+    expect("TABLE a UNION TABLE b", &[("read", "a"), ("read", "b")]);
+    expect(
+        "TABLE a EXCEPT SELECT * FROM b",
+        &[("read", "a"), ("read", "b")],
+    );
+    expect("SELECT * FROM (TABLE a) x", &[("read", "a")]);
+    expect("TABLE ONLY users ORDER BY 1", &[("read", "users")]);
+    expect("WITH x AS (SELECT * FROM a) TABLE x", &[("read", "a")]);
+    expect(
+        "CREATE TABLE t AS TABLE users",
+        &[("ddl", "t"), ("read", "users")],
+    );
+}

@@ -57,6 +57,12 @@ const WRITE_WORDS: &[&str] = &[
     "SYSTEM",
 ];
 
+/// Words allowed after `TABLE name` in the fallback.
+const TABLE_TAIL: &[&str] = &[
+    "ORDER", "BY", "ASC", "DESC", "NULLS", "FIRST", "LAST", "LIMIT", "ALL", "OFFSET", "ROW",
+    "ROWS", "FETCH", "NEXT", "ONLY",
+];
+
 /// A word token: its upper-cased value and whether it was quoted.
 struct W<'a> {
     upper: String,
@@ -122,11 +128,18 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
                         table: rel,
                         operation: "SELECT".to_owned(),
                     });
-                    if may_write {
+                    // Only ORDER BY / LIMIT / OFFSET / FETCH may follow.
+                    let plain = toks[i..].iter().all(|t| match word(t) {
+                        Some(w) => !w.quoted && TABLE_TAIL.contains(&w.upper.as_str()),
+                        None => {
+                            matches!(t, Token::Number(..) | Token::Comma | Token::Placeholder(_))
+                        }
+                    });
+                    if !plain || may_write {
                         unparsed(
                             &mut info,
-                            true,
-                            format!("TABLE with extra clauses: {error}"),
+                            may_write,
+                            format!("TABLE with other clauses: {error}"),
                         );
                     }
                 }
@@ -295,4 +308,52 @@ fn qualified_name(toks: &[&Token], i: &mut usize) -> Option<RelationName> {
     let rel = relation_from_parts(&parts)?;
     *i = j;
     Some(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fb(sql: &str) -> StatementInfo {
+        classify_tokens(&super::super::tokens::tokenize(sql).unwrap(), "parse error")
+    }
+
+    fn may_write(info: &StatementInfo) -> Option<bool> {
+        info.specials.iter().find_map(|s| match s {
+            Special::Unparsed { may_write, .. } => Some(*may_write),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn table_form() {
+        let info = fb("TABLE users LIMIT 5");
+        assert_eq!(info.accesses[0].table, RelationName::new(None, "users"));
+        assert!(info.specials.is_empty());
+        let info = fb("TABLE users JOIN x ON true");
+        assert_eq!(info.accesses.len(), 1);
+        assert_eq!(may_write(&info), Some(false));
+        assert_eq!(may_write(&fb("TABLE users; DELETE")), Some(true));
+    }
+
+    #[test]
+    fn write_words_outside_strings_only() {
+        assert_eq!(may_write(&fb("FOO 'DELETE' /* DROP */ $$x$$")), Some(false));
+        assert_eq!(may_write(&fb("FOO delete")), Some(true));
+        assert_eq!(may_write(&fb(r#"FOO "drop""#)), Some(true));
+        assert_eq!(fb("FOO BAR").command, "UNKNOWN");
+    }
+
+    #[test]
+    fn vacuum_cluster_reindex() {
+        assert_eq!(
+            fb("VACUUM (FULL) users").accesses[0].operation,
+            "VACUUM FULL"
+        );
+        assert!(fb("VACUUM (VERBOSE) users").accesses.is_empty());
+        assert_eq!(may_write(&fb("VACUUM (FULL)")), Some(true));
+        assert_eq!(fb("CLUSTER users_idx ON users").accesses.len(), 2);
+        assert_eq!(may_write(&fb("REINDEX SYSTEM app")), Some(true));
+        assert_eq!(fb("REINDEX (VERBOSE) TABLE users").accesses.len(), 1);
+    }
 }

@@ -218,10 +218,17 @@ fn classify_piece(piece: &[sqlparser::tokenizer::TokenWithSpan]) -> Vec<Statemen
             "U&\"...\" identifiers are not understood by zoneguard",
         )];
     }
-    match parse(piece.to_vec()) {
-        Ok(stmts) => stmts.iter().map(stmt::classify_statement).collect(),
-        Err(e) => vec![fallback::classify_tokens(piece, &e.to_string())],
+    let err = match parse(piece.to_vec()) {
+        Ok(stmts) => return stmts.iter().map(stmt::classify_statement).collect(),
+        Err(e) => e,
+    };
+    let mut rewritten = piece.to_vec();
+    if tokens::rewrite_table_queries(&mut rewritten) {
+        if let Ok(stmts) = parse(rewritten) {
+            return stmts.iter().map(stmt::classify_statement).collect();
+        }
     }
+    vec![fallback::classify_tokens(piece, &err.to_string())]
 }
 
 /// Run `f` on a thread with a large stack (syntax trees of long chains are

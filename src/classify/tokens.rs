@@ -109,6 +109,52 @@ pub(crate) fn rewrite(tokens: &mut [TokenWithSpan]) {
     }
 }
 
+/// Rewrite the `TABLE name` query form, which sqlparser only accepts in a
+/// few places, to the equivalent `SELECT * FROM name` where it starts a
+/// query (statement start, after `(` or a set operator). Returns whether
+/// anything changed.
+pub(crate) fn rewrite_table_queries(tokens: &mut Vec<TokenWithSpan>) -> bool {
+    let mut out = Vec::with_capacity(tokens.len() + 4);
+    let mut prev: Option<Token> = None;
+    let mut changed = false;
+    for t in tokens.drain(..) {
+        let starts_query = match &prev {
+            None | Some(Token::LParen) => true,
+            Some(p) => ["UNION", "EXCEPT", "INTERSECT", "ALL", "DISTINCT"]
+                .iter()
+                .any(|k| is_word(p, k)),
+        };
+        if starts_query && is_word(&t.token, "TABLE") {
+            let span = t.span;
+            let word = |v: &str, k: Keyword| {
+                Token::Word(Word {
+                    value: v.to_owned(),
+                    quote_style: None,
+                    keyword: k,
+                })
+            };
+            for tok in [
+                word("SELECT", Keyword::SELECT),
+                Token::Whitespace(Whitespace::Space),
+                Token::Mul,
+                Token::Whitespace(Whitespace::Space),
+                word("FROM", Keyword::FROM),
+            ] {
+                out.push(TokenWithSpan::new(tok, span));
+            }
+            prev = Some(word("FROM", Keyword::FROM));
+            changed = true;
+            continue;
+        }
+        if !matches!(t.token, Token::Whitespace(_)) {
+            prev = Some(t.token.clone());
+        }
+        out.push(t);
+    }
+    *tokens = out;
+    changed
+}
+
 /// `U&"..."` identifiers (Unicode escapes) are not understood by the
 /// tokenizer, which reads them as `U & "..."`.
 pub(crate) fn has_unicode_ident(tokens: &[TokenWithSpan]) -> bool {

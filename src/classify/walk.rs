@@ -1,6 +1,5 @@
-//! The AST walker for queries and DML: which relations a query reads, which
-//! rows INSERT / UPDATE / DELETE / MERGE touch, row locks, CTE scoping, and
-//! the generic visitor that finds subqueries hidden in expressions.
+//! The AST walker for queries: identifier normalisation, which relations a
+//! query reads, FROM lists, row locks (`FOR UPDATE / SHARE`) and CTE scoping.
 
 use sqlparser::ast::{
     Expr, Ident, Join, JoinConstraint, JoinOperator, LockClause, LockType, ObjectName,
