@@ -5,6 +5,14 @@
 
 use std::fmt;
 
+mod ddl;
+mod dml;
+mod fallback;
+mod nested;
+mod stmt;
+mod tokens;
+mod walk;
+
 /// The kind of access a statement makes to one relation, in the vocabulary
 /// that `policy.toml` uses (`allow = ["read", "insert", ...]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,6 +143,106 @@ pub enum Deallocate {
 /// Never fails: what cannot be understood is reported as `Special::Unparsed`.
 /// An empty string (or only comments / semicolons) yields no statements.
 pub fn classify(sql: &str) -> Vec<StatementInfo> {
-    let _ = sql;
-    unimplemented!("classifier")
+    let tokens = match tokens::tokenize(sql) {
+        Ok(t) => t,
+        Err(e) => {
+            if sql.trim().is_empty() {
+                return Vec::new();
+            }
+            return vec![unparsed(true, format!("SQL could not be tokenized: {e}"))];
+        }
+    };
+    if !tokens.iter().any(|t| tokens::significant(&t.token)) {
+        return Vec::new();
+    }
+    let mut tokens = tokens;
+    tokens::rewrite(&mut tokens);
+    if sql.len() > MAX_STATEMENT_BYTES || tokens::depth_bound(&tokens) > INLINE_DEPTH {
+        // Large or deep input: judge statement by statement, on a big stack.
+        let pieces = tokens::split(tokens);
+        return on_big_stack(move || pieces.iter().flat_map(|p| classify_piece(p)).collect());
+    }
+    if !tokens::has_unicode_ident(&tokens) {
+        if let Ok(stmts) = parse(tokens.clone()) {
+            return stmts.iter().map(stmt::classify_statement).collect();
+        }
+    }
+    tokens::split(tokens)
+        .iter()
+        .flat_map(|p| classify_piece(p))
+        .collect()
+}
+
+/// Statements longer than this are not parsed.
+const MAX_STATEMENT_BYTES: usize = 1 << 20;
+/// Parser nesting limit.
+const RECURSION_LIMIT: usize = 64;
+/// Token runs longer than this (deep left-associative chains) are classified
+/// on a thread with a large stack; runs longer than `MAX_DEPTH` are not parsed.
+const INLINE_DEPTH: usize = 1_000;
+const MAX_DEPTH: usize = 50_000;
+const BIG_STACK_BYTES: usize = 256 << 20;
+
+fn unparsed(may_write: bool, reason: impl Into<String>) -> StatementInfo {
+    StatementInfo {
+        command: "UNKNOWN".to_owned(),
+        specials: vec![Special::Unparsed {
+            may_write,
+            reason: reason.into(),
+        }],
+        ..Default::default()
+    }
+}
+
+fn parse(
+    tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> Result<Vec<sqlparser::ast::Statement>, sqlparser::parser::ParserError> {
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    sqlparser::parser::Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
+}
+
+/// Classify one statement's tokens (split at top-level `;`).
+fn classify_piece(piece: &[sqlparser::tokenizer::TokenWithSpan]) -> Vec<StatementInfo> {
+    if tokens::approx_len(piece) > MAX_STATEMENT_BYTES {
+        return vec![unparsed(true, "statement too long to judge")];
+    }
+    if tokens::depth_bound(piece) > MAX_DEPTH {
+        return vec![unparsed(true, "expression too deep to judge")];
+    }
+    if tokens::has_unicode_ident(piece) {
+        return vec![unparsed(
+            true,
+            "U&\"...\" identifiers are not understood by zoneguard",
+        )];
+    }
+    let err = match parse(piece.to_vec()) {
+        Ok(stmts) => return stmts.iter().map(stmt::classify_statement).collect(),
+        Err(e) => e,
+    };
+    let mut rewritten = piece.to_vec();
+    if tokens::rewrite_table_queries(&mut rewritten) {
+        if let Ok(stmts) = parse(rewritten) {
+            return stmts.iter().map(stmt::classify_statement).collect();
+        }
+    }
+    vec![fallback::classify_tokens(piece, &err.to_string())]
+}
+
+/// Run `f` on a thread with a large stack (syntax trees of long chains are
+/// deep, and walking or dropping them recurses). Fails closed if the thread
+/// cannot be started or panics.
+fn on_big_stack<F>(f: F) -> Vec<StatementInfo>
+where
+    F: FnOnce() -> Vec<StatementInfo> + Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("zoneguard-classify".to_owned())
+        .stack_size(BIG_STACK_BYTES)
+        .spawn(f)
+        .ok()
+        .and_then(|h| h.join().ok())
+        .unwrap_or_else(|| vec![unparsed(true, "statement could not be judged")])
 }

@@ -1,0 +1,224 @@
+//! DDL on relations: CREATE TABLE / VIEW, COMMENT, ALTER TABLE operations
+//! that reach other tables, GRANT targets, and the names of DDL on objects
+//! that are not relations.
+
+use sqlparser::ast::{
+    AlterTableOperation, CommentObject, CreateTable, CreateTableLikeKind, CreateView, Expr,
+    GrantObjects, ObjectName, ObjectType, RenameTableNameKind, Set, Statement, Value,
+};
+
+use super::walk::{name_parts, relation_from_parts, Walker};
+use super::{Op, RelationName};
+
+pub(crate) fn object_is_relation(t: &ObjectType) -> bool {
+    matches!(
+        t,
+        ObjectType::Table
+            | ObjectType::View
+            | ObjectType::MaterializedView
+            | ObjectType::Index
+            | ObjectType::Sequence
+            | ObjectType::ForeignTable
+    )
+}
+
+impl Walker {
+    pub(crate) fn ddl_all(&mut self, names: &[ObjectName], operation: &str) {
+        for n in names {
+            self.target(Op::Ddl, n, operation);
+        }
+    }
+
+    pub(crate) fn create_table(&mut self, ct: &CreateTable) -> String {
+        let op = if ct.query.is_some() {
+            "CREATE TABLE AS"
+        } else {
+            "CREATE TABLE"
+        };
+        self.target(Op::Ddl, &ct.name, op);
+        if let Some(q) = &ct.query {
+            self.query(q);
+        }
+        if let Some(CreateTableLikeKind::Parenthesized(l) | CreateTableLikeKind::Plain(l)) =
+            &ct.like
+        {
+            self.target(Op::Read, &l.name, "CREATE TABLE LIKE");
+        }
+        if let Some(c) = &ct.clone {
+            self.target(Op::Read, c, "CREATE TABLE CLONE");
+        }
+        if let Some(p) = &ct.partition_of {
+            self.target(Op::Ddl, p, "CREATE TABLE PARTITION OF");
+        }
+        self.ddl_all(
+            ct.inherits.as_deref().unwrap_or(&[]),
+            "CREATE TABLE INHERITS",
+        );
+        self.nested(&ct.columns);
+        self.nested(&ct.constraints);
+        op.to_owned()
+    }
+
+    pub(crate) fn create_view(&mut self, cv: &CreateView) -> String {
+        if let Some(to) = &cv.to {
+            self.target(Op::Insert, to, "CREATE VIEW TO");
+        }
+        if cv.materialized {
+            self.target(Op::Ddl, &cv.name, "CREATE MATERIALIZED VIEW");
+            self.query(&cv.query);
+            return "CREATE MATERIALIZED VIEW".to_owned();
+        }
+        self.target(Op::Ddl, &cv.name, "CREATE VIEW");
+        let start = self.accesses.len();
+        self.query(&cv.query);
+        for a in &mut self.accesses[start..] {
+            if a.op == Op::Read {
+                a.op = Op::Ddl;
+                a.operation = "CREATE VIEW over".to_owned();
+            }
+        }
+        "CREATE VIEW".to_owned()
+    }
+
+    pub(crate) fn comment(&mut self, object_type: &CommentObject, object_name: &ObjectName) {
+        match object_type {
+            CommentObject::Table
+            | CommentObject::View
+            | CommentObject::MaterializedView
+            | CommentObject::ForeignTable
+            | CommentObject::Index
+            | CommentObject::Sequence => self.target(Op::Ddl, object_name, "COMMENT"),
+            CommentObject::Column => {
+                let parts = name_parts(object_name).unwrap_or_default();
+                match parts
+                    .len()
+                    .checked_sub(1)
+                    .and_then(|n| relation_from_parts(&parts[..n]))
+                {
+                    Some(rel) if parts.len() <= 4 => self.add(Op::Ddl, rel, "COMMENT"),
+                    _ => self.unparsed("COMMENT ON COLUMN name not understood"),
+                }
+            }
+            _ => self.other_ddl("COMMENT"),
+        }
+    }
+
+    pub(crate) fn alter_table_operation(&mut self, table: &ObjectName, op: &AlterTableOperation) {
+        match op {
+            AlterTableOperation::AttachPartitionOf { partition, .. } => {
+                self.target(Op::Ddl, partition, "ALTER TABLE ATTACH PARTITION")
+            }
+            AlterTableOperation::DetachPartitionOf { partition, .. } => {
+                self.target(Op::Ddl, partition, "ALTER TABLE DETACH PARTITION")
+            }
+            AlterTableOperation::Inherit { parent } | AlterTableOperation::NoInherit { parent } => {
+                self.target(Op::Ddl, parent, "ALTER TABLE INHERIT")
+            }
+            AlterTableOperation::SwapWith { table_name } => {
+                self.target(Op::Ddl, table_name, "ALTER TABLE SWAP")
+            }
+            AlterTableOperation::RenameTable { table_name } => {
+                let (RenameTableNameKind::As(new) | RenameTableNameKind::To(new)) = table_name;
+                // An unqualified new name stays in the table's schema.
+                let old = name_parts(table).and_then(|p| relation_from_parts(&p));
+                let new = name_parts(new).and_then(|p| relation_from_parts(&p));
+                match (old, new) {
+                    (Some(old), Some(new)) => {
+                        let schema = new.schema.or(old.schema);
+                        self.add(
+                            Op::Ddl,
+                            RelationName {
+                                schema,
+                                name: new.name,
+                            },
+                            "ALTER TABLE RENAME",
+                        );
+                    }
+                    _ => self.unparsed("ALTER TABLE RENAME target not understood"),
+                }
+            }
+            other => self.nested(other),
+        }
+    }
+
+    pub(crate) fn grant_objects(&mut self, objects: &Option<GrantObjects>, operation: &str) {
+        match objects {
+            Some(GrantObjects::Tables(names))
+            | Some(GrantObjects::Views(names))
+            | Some(GrantObjects::Sequences(names)) => self.ddl_all(names, operation),
+            _ => self.other_ddl(operation),
+        }
+    }
+
+    /// `SET standard_conforming_strings = off` would make the tokenizer
+    /// misread later string literals: fail closed on it.
+    pub(crate) fn check_set(&mut self, set: &Set) {
+        let Set::SingleAssignment {
+            variable, values, ..
+        } = set
+        else {
+            return;
+        };
+        let var = name_parts(variable).and_then(|p| p.last().cloned());
+        if var.as_deref() != Some("standard_conforming_strings") {
+            return;
+        }
+        let on = matches!(values.as_slice(), [v] if match v {
+            Expr::Identifier(i) => ["on", "true", "yes", "1"].contains(&i.value.to_ascii_lowercase().as_str()),
+            Expr::Value(v) => match &v.value {
+                Value::Boolean(b) => *b,
+                Value::SingleQuotedString(s) => ["on", "true", "yes", "1"].contains(&s.to_ascii_lowercase().as_str()),
+                Value::Number(n, _) => n == "1",
+                _ => false,
+            },
+            _ => false,
+        });
+        if !on {
+            self.unparsed(
+                "turning off standard_conforming_strings changes how the guard must read strings",
+            );
+        }
+    }
+}
+
+/// DDL on objects that are not relations.
+pub(crate) fn other_ddl_name(s: &Statement) -> Option<&'static str> {
+    Some(match s {
+        Statement::CreateFunction(_) => "CREATE FUNCTION",
+        Statement::CreateProcedure { .. } => "CREATE PROCEDURE",
+        Statement::CreateType { .. } => "CREATE TYPE",
+        Statement::CreateDomain(_) => "CREATE DOMAIN",
+        Statement::CreateSchema { .. } => "CREATE SCHEMA",
+        Statement::CreateExtension(_) => "CREATE EXTENSION",
+        Statement::CreateRole(_) => "CREATE ROLE",
+        Statement::CreateUser(_) => "CREATE USER",
+        Statement::CreateDatabase { .. } => "CREATE DATABASE",
+        Statement::CreateCollation(_) => "CREATE COLLATION",
+        Statement::CreateOperator(_) => "CREATE OPERATOR",
+        Statement::CreateOperatorFamily(_) => "CREATE OPERATOR FAMILY",
+        Statement::CreateOperatorClass(_) => "CREATE OPERATOR CLASS",
+        Statement::CreateTextSearch(_) => "CREATE TEXT SEARCH",
+        Statement::CreateServer(_) => "CREATE SERVER",
+        Statement::CreateForeignDataWrapper(_) => "CREATE FOREIGN DATA WRAPPER",
+        Statement::CreateUserMapping(_) => "CREATE USER MAPPING",
+        Statement::CreateAggregate(_) => "CREATE AGGREGATE",
+        Statement::AlterSchema(_) => "ALTER SCHEMA",
+        Statement::AlterFunction(_) => "ALTER FUNCTION",
+        Statement::AlterType(_) => "ALTER TYPE",
+        Statement::AlterCollation(_) => "ALTER COLLATION",
+        Statement::AlterOperator(_) => "ALTER OPERATOR",
+        Statement::AlterOperatorFamily(_) => "ALTER OPERATOR FAMILY",
+        Statement::AlterOperatorClass(_) => "ALTER OPERATOR CLASS",
+        Statement::AlterTextSearch(_) => "ALTER TEXT SEARCH",
+        Statement::AlterRole { .. } => "ALTER ROLE",
+        Statement::AlterUser(_) => "ALTER USER",
+        Statement::DropFunction(_) => "DROP FUNCTION",
+        Statement::DropDomain(_) => "DROP DOMAIN",
+        Statement::DropProcedure { .. } => "DROP PROCEDURE",
+        Statement::DropExtension(_) => "DROP EXTENSION",
+        Statement::DropOperator(_) => "DROP OPERATOR",
+        Statement::DropOperatorFamily(_) => "DROP OPERATOR FAMILY",
+        Statement::DropOperatorClass(_) => "DROP OPERATOR CLASS",
+        _ => return None,
+    })
+}

@@ -1,0 +1,359 @@
+//! Token-level fallback for statements sqlparser cannot parse: recognises a
+//! few PostgreSQL commands by their keywords and otherwise reports the
+//! statement as unparsed, flagging it as a possible write when any word in it
+//! (outside strings and comments) is a write-capable keyword.
+
+use sqlparser::tokenizer::{Token, TokenWithSpan};
+
+use super::walk::{norm_ident, relation_from_parts};
+use super::{Op, RelationName, Special, StatementInfo, TableAccess};
+
+/// Words that may make an unparsed statement write or change structure.
+const WRITE_WORDS: &[&str] = &[
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "TRUNCATE",
+    "COPY",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "GRANT",
+    "REVOKE",
+    "COMMENT",
+    "SECURITY",
+    "IMPORT",
+    "REFRESH",
+    "CLUSTER",
+    "REINDEX",
+    "VACUUM",
+    "DO",
+    "CALL",
+    "EXECUTE",
+    "PREPARE",
+    "LOCK",
+    "INTO",
+    "FOR",
+    "REASSIGN",
+    "LOAD",
+    "RENAME",
+    "ATTACH",
+    "DETACH",
+    "OWNER",
+    "UPSERT",
+    "REPLACE",
+    "NEXTVAL",
+    "SETVAL",
+    "SET_CONFIG",
+    "DBLINK_EXEC",
+    "LO_IMPORT",
+    "LO_UNLINK",
+    "LO_EXPORT",
+    "PG_TERMINATE_BACKEND",
+    "PG_CANCEL_BACKEND",
+    "PG_RELOAD_CONF",
+    "STANDARD_CONFORMING_STRINGS",
+    "SYSTEM",
+];
+
+/// Words allowed after `TABLE name` in the fallback.
+const TABLE_TAIL: &[&str] = &[
+    "ORDER", "BY", "ASC", "DESC", "NULLS", "FIRST", "LAST", "LIMIT", "ALL", "OFFSET", "ROW",
+    "ROWS", "FETCH", "NEXT", "ONLY",
+];
+
+/// A word token: its upper-cased value and whether it was quoted.
+struct W<'a> {
+    upper: String,
+    quoted: bool,
+    value: &'a str,
+}
+
+fn word(t: &Token) -> Option<W<'_>> {
+    match t {
+        Token::Word(w) => Some(W {
+            upper: w.value.to_ascii_uppercase(),
+            quoted: w.quote_style.is_some(),
+            value: &w.value,
+        }),
+        _ => None,
+    }
+}
+
+/// Classify a statement that did not parse.
+pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> StatementInfo {
+    let toks: Vec<&Token> = piece
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| super::tokens::significant(t))
+        .collect();
+    let kw = |i: usize| {
+        toks.get(i)
+            .and_then(|t| word(t))
+            .filter(|w| !w.quoted)
+            .map(|w| w.upper)
+            .unwrap_or_default()
+    };
+    let may_write = toks.iter().any(|t| match word(t) {
+        Some(w) => WRITE_WORDS.contains(&w.upper.as_str()),
+        None => false,
+    });
+    let first = kw(0);
+    let mut info = StatementInfo {
+        command: first.clone(),
+        ..Default::default()
+    };
+    let unparsed = |info: &mut StatementInfo, may_write: bool, reason: String| {
+        info.specials.push(Special::Unparsed { may_write, reason });
+    };
+    let ddl = |info: &mut StatementInfo, rel: RelationName, op: &str| {
+        info.accesses.push(TableAccess {
+            op: Op::Ddl,
+            table: rel,
+            operation: op.to_owned(),
+        });
+    };
+    match first.as_str() {
+        "DO" => info.specials.push(Special::DoBlock),
+        "TABLE" => {
+            let mut i = 1;
+            if kw(i) == "ONLY" {
+                i += 1;
+            }
+            match qualified_name(&toks, &mut i) {
+                Some(rel) => {
+                    info.accesses.push(TableAccess {
+                        op: Op::Read,
+                        table: rel,
+                        operation: "SELECT".to_owned(),
+                    });
+                    // Only ORDER BY / LIMIT / OFFSET / FETCH may follow.
+                    let plain = toks[i..].iter().all(|t| match word(t) {
+                        Some(w) => !w.quoted && TABLE_TAIL.contains(&w.upper.as_str()),
+                        None => {
+                            matches!(t, Token::Number(..) | Token::Comma | Token::Placeholder(_))
+                        }
+                    });
+                    if !plain || may_write {
+                        unparsed(
+                            &mut info,
+                            may_write,
+                            format!("TABLE with other clauses: {error}"),
+                        );
+                    }
+                }
+                None => unparsed(&mut info, true, error.to_owned()),
+            }
+        }
+        "CHECKPOINT" | "FETCH" | "MOVE" if !may_write => {}
+        "VACUUM" => {
+            let mut i = 1;
+            let mut full = false;
+            if matches!(toks.get(i), Some(Token::LParen)) {
+                while i < toks.len() && !matches!(toks[i], Token::RParen) {
+                    if kw(i) == "FULL" {
+                        let arg = kw(i + 1);
+                        let off = matches!(arg.as_str(), "FALSE" | "OFF")
+                            || matches!(toks.get(i + 1), Some(Token::Number(n, _)) if n == "0");
+                        full |= !off;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            while matches!(
+                kw(i).as_str(),
+                "FULL" | "FREEZE" | "VERBOSE" | "ANALYZE" | "ANALYSE"
+            ) {
+                full |= kw(i) == "FULL";
+                i += 1;
+            }
+            let names = name_list(&toks, &mut i);
+            if full {
+                if names.is_empty() {
+                    unparsed(
+                        &mut info,
+                        true,
+                        "VACUUM FULL of the whole database".to_owned(),
+                    );
+                }
+                for n in names {
+                    ddl(&mut info, n, "VACUUM FULL");
+                }
+            }
+            if i < toks.len() {
+                unparsed(&mut info, may_write, error.to_owned());
+            }
+        }
+        "CLUSTER" => {
+            let mut i = 1;
+            skip_options(&toks, &mut i, &["VERBOSE"]);
+            let names = name_list(&toks, &mut i);
+            let mut rels = names;
+            if kw(i) == "ON" || kw(i) == "USING" {
+                // CLUSTER index ON table (old form) / CLUSTER table USING index
+                i += 1;
+                rels.extend(qualified_name(&toks, &mut i));
+            }
+            if rels.is_empty() {
+                unparsed(&mut info, true, "CLUSTER of the whole database".to_owned());
+            }
+            for r in rels {
+                ddl(&mut info, r, "CLUSTER");
+            }
+            if i < toks.len() {
+                unparsed(&mut info, true, error.to_owned());
+            }
+        }
+        "REINDEX" => {
+            let mut i = 1;
+            skip_options(&toks, &mut i, &["VERBOSE"]);
+            let kind = kw(i);
+            i += 1;
+            if kw(i) == "CONCURRENTLY" {
+                i += 1;
+            }
+            match (kind.as_str(), qualified_name(&toks, &mut i)) {
+                ("TABLE" | "INDEX", Some(rel)) if i == toks.len() => ddl(&mut info, rel, "REINDEX"),
+                _ => unparsed(&mut info, true, format!("REINDEX {kind} cannot be judged")),
+            }
+        }
+        "ALTER" if matches!(kw(1).as_str(), "SEQUENCE" | "INDEX") => {
+            let op = format!("ALTER {}", kw(1));
+            info.command = op.clone();
+            let mut i = 2;
+            if kw(i) == "IF" && kw(i + 1) == "EXISTS" {
+                i += 2;
+            }
+            match qualified_name(&toks, &mut i) {
+                Some(rel) => ddl(&mut info, rel, &op),
+                None => unparsed(&mut info, true, error.to_owned()),
+            }
+            // Anything else it touches (OWNED BY, ATTACH PARTITION) is unknown.
+            if toks[i..].iter().any(|t| matches!(t, Token::Period)) || kw(i) == "ATTACH" {
+                unparsed(&mut info, true, format!("{op} clauses not understood"));
+            }
+        }
+        _ => {
+            info.command = "UNKNOWN".to_owned();
+            unparsed(&mut info, may_write, error.to_owned());
+        }
+    }
+    info
+}
+
+/// Skip `(option, ...)` and bare option words.
+fn skip_options(toks: &[&Token], i: &mut usize, bare: &[&str]) {
+    if matches!(toks.get(*i), Some(Token::LParen)) {
+        while *i < toks.len() && !matches!(toks[*i], Token::RParen) {
+            *i += 1;
+        }
+        *i += 1;
+    }
+    while toks
+        .get(*i)
+        .and_then(|t| word(t))
+        .is_some_and(|w| !w.quoted && bare.contains(&w.upper.as_str()))
+    {
+        *i += 1;
+    }
+}
+
+/// `name [(columns)] [, ...]`
+fn name_list(toks: &[&Token], i: &mut usize) -> Vec<RelationName> {
+    let mut out = Vec::new();
+    while let Some(rel) = qualified_name(toks, i) {
+        out.push(rel);
+        if matches!(toks.get(*i), Some(Token::LParen)) {
+            while *i < toks.len() && !matches!(toks[*i], Token::RParen) {
+                *i += 1;
+            }
+            *i += 1;
+        }
+        if matches!(toks.get(*i), Some(Token::Comma)) {
+            *i += 1;
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+/// `[db.][schema.]name`; `None` (and `i` unchanged) if there is no name here.
+fn qualified_name(toks: &[&Token], i: &mut usize) -> Option<RelationName> {
+    let mut parts = Vec::new();
+    let mut j = *i;
+    loop {
+        let w = toks.get(j).and_then(|t| word(t))?;
+        if !w.quoted
+            && matches!(
+                w.upper.as_str(),
+                "ON" | "USING" | "ORDER" | "LIMIT" | "OFFSET" | "FETCH"
+            )
+        {
+            return None;
+        }
+        parts.push(norm_ident(w.value, w.quoted));
+        j += 1;
+        if matches!(toks.get(j), Some(Token::Period)) {
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    if parts.len() > 3 {
+        return None;
+    }
+    let rel = relation_from_parts(&parts)?;
+    *i = j;
+    Some(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fb(sql: &str) -> StatementInfo {
+        classify_tokens(&super::super::tokens::tokenize(sql).unwrap(), "parse error")
+    }
+
+    fn may_write(info: &StatementInfo) -> Option<bool> {
+        info.specials.iter().find_map(|s| match s {
+            Special::Unparsed { may_write, .. } => Some(*may_write),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn table_form() {
+        let info = fb("TABLE users LIMIT 5");
+        assert_eq!(info.accesses[0].table, RelationName::new(None, "users"));
+        assert!(info.specials.is_empty());
+        let info = fb("TABLE users JOIN x ON true");
+        assert_eq!(info.accesses.len(), 1);
+        assert_eq!(may_write(&info), Some(false));
+        assert_eq!(may_write(&fb("TABLE users; DELETE")), Some(true));
+    }
+
+    #[test]
+    fn write_words_outside_strings_only() {
+        assert_eq!(may_write(&fb("FOO 'DELETE' /* DROP */ $$x$$")), Some(false));
+        assert_eq!(may_write(&fb("FOO delete")), Some(true));
+        assert_eq!(may_write(&fb(r#"FOO "drop""#)), Some(true));
+        assert_eq!(fb("FOO BAR").command, "UNKNOWN");
+    }
+
+    #[test]
+    fn vacuum_cluster_reindex() {
+        assert_eq!(
+            fb("VACUUM (FULL) users").accesses[0].operation,
+            "VACUUM FULL"
+        );
+        assert!(fb("VACUUM (VERBOSE) users").accesses.is_empty());
+        assert_eq!(may_write(&fb("VACUUM (FULL)")), Some(true));
+        assert_eq!(fb("CLUSTER users_idx ON users").accesses.len(), 2);
+        assert_eq!(may_write(&fb("REINDEX SYSTEM app")), Some(true));
+        assert_eq!(fb("REINDEX (VERBOSE) TABLE users").accesses.len(), 1);
+    }
+}

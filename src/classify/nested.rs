@@ -1,0 +1,120 @@
+//! The generic visitor for AST fragments that are not walked structurally
+//! (expressions, select items, options): it hands the outermost queries,
+//! table factors and statements in them to the walker, and spots
+//! `set_config` calls that would change how strings are read.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName, Query, Statement,
+    TableFactor, Value, Visit, Visitor,
+};
+
+use super::walk::{name_parts, Walker};
+
+impl Walker {
+    /// Visit an AST fragment that is not walked structurally, reporting the
+    /// queries, table factors and statements nested in it.
+    pub fn nested<T: Visit + ?Sized>(&mut self, node: &T) {
+        let mut v = Nested { w: self, depth: 0 };
+        let _ = node.visit(&mut v);
+    }
+
+    /// `set_config('standard_conforming_strings', ...)` would make the guard
+    /// misread string literals in later statements.
+    fn check_function(&mut self, e: &Expr) {
+        let Expr::Function(f) = e else { return };
+        let is_set_config = name_parts(&f.name)
+            .and_then(|p| p.last().cloned())
+            .is_some_and(|n| n == "set_config");
+        if !is_set_config {
+            return;
+        }
+        let first = match &f.args {
+            FunctionArguments::List(l) => l.args.first(),
+            _ => None,
+        };
+        let literal = match first {
+            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
+                Value::SingleQuotedString(s)
+                | Value::EscapedStringLiteral(s)
+                | Value::UnicodeStringLiteral(s) => Some(s.clone()),
+                Value::DollarQuotedString(d) => Some(d.value.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let safe = literal.is_some_and(|s| {
+            let s = s.trim().to_ascii_lowercase();
+            s != "standard_conforming_strings" && s != "escape_string_warning"
+        });
+        if !safe {
+            self.unparsed("set_config may change how string literals are read");
+        }
+    }
+}
+
+/// Visits an AST fragment and hands the outermost queries, table factors and
+/// statements in it to the walker.
+struct Nested<'w> {
+    w: &'w mut Walker,
+    depth: usize,
+}
+
+impl Visitor for Nested<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if self.depth == 0 {
+            self.w.query(q);
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _: &Query) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+        if self.depth == 0 {
+            self.w.table_factor(tf, &mut Vec::new());
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_table_factor(&mut self, _: &TableFactor) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+        if self.depth == 0 {
+            self.w.statement(s);
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, _: &Statement) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, r: &ObjectName) -> ControlFlow<()> {
+        if self.depth == 0 {
+            self.w
+                .unparsed(format!("unexpected reference to relation {r}"));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if self.depth == 0 {
+            self.w.check_function(e);
+        }
+        ControlFlow::Continue(())
+    }
+}
