@@ -5,9 +5,12 @@
 //! relays one client, [`protocol`] frames messages, [`classify`] turns SQL
 //! into facts, [`policy`] turns facts into a verdict, [`reject`] makes the
 //! server fail a rejected statement as PostgreSQL would, [`audit`] records it.
+pub mod admin;
 pub mod audit;
+pub mod checkout;
 pub mod classify;
 pub mod cluster;
+pub mod control;
 pub mod policy;
 pub mod protocol;
 pub mod reject;

@@ -103,13 +103,15 @@ fn load_policy(cli: &Cli, allow_embedded: bool) -> anyhow::Result<(Policy, Setti
 async fn start(
     policy: Policy,
     settings: Settings,
+    path: Option<PathBuf>,
 ) -> anyhow::Result<(TcpListener, std::sync::Arc<Guard>)> {
     let listener = TcpListener::bind(&settings.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.proxy.listen))?;
-    let guard = Guard::new(policy, settings)
+    let guard = Guard::new(policy, settings, path)
         .await
         .context("cannot open the audit log")?;
+    zoneguard::control::spawn_watchers(guard.clone());
     Ok((listener, guard))
 }
 
@@ -119,7 +121,7 @@ async fn shutdown_signal() {
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let (policy, settings) = load_policy(cli, false)?;
-    let (listener, guard) = start(policy, settings).await?;
+    let (listener, guard) = start(policy, settings, Some(cli.policy.clone())).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
         upstream = %guard.settings.proxy.upstream,
@@ -141,7 +143,8 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
     })
     .await??;
     settings.proxy.upstream = cluster.addr();
-    let (listener, guard) = start(policy, settings).await?;
+    let path = cli.policy.exists().then(|| cli.policy.clone());
+    let (listener, guard) = start(policy, settings, path).await?;
     let addr = listener.local_addr()?;
     println!();
     println!("zoneguard demo is up.");

@@ -266,6 +266,85 @@ pub fn ready_for_query(status: u8) -> Bytes {
     buf.freeze()
 }
 
+/// Builds a backend message: tag, then the length patched in after the body.
+fn message(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut b = BytesMut::with_capacity(64);
+    b.put_u8(tag);
+    b.put_i32(0);
+    body(&mut b);
+    let len = (b.len() - 1) as i32;
+    b[1..5].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+/// RowDescription for text columns.
+pub fn row_description(columns: &[&str]) -> Bytes {
+    message(b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for c in columns {
+            b.put_slice(c.as_bytes());
+            b.put_u8(0);
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_i32(25); // text
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(0); // text format
+        }
+    })
+}
+
+/// DataRow of text values (None: NULL).
+pub fn data_row(values: &[Option<&str>]) -> Bytes {
+    message(b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    })
+}
+
+pub fn message_empty_query() -> Bytes {
+    message(b'I', |_| {})
+}
+
+pub fn command_complete(tag: &str) -> Bytes {
+    message(b'C', |b| {
+        b.put_slice(tag.as_bytes());
+        b.put_u8(0);
+    })
+}
+
+pub fn parameter_status(name: &str, value: &str) -> Bytes {
+    message(b'S', |b| {
+        b.put_slice(name.as_bytes());
+        b.put_u8(0);
+        b.put_slice(value.as_bytes());
+        b.put_u8(0);
+    })
+}
+
+/// An Authentication message with the given code and extra bytes.
+pub fn authentication(code: i32, extra: &[u8]) -> Bytes {
+    message(b'R', |b| {
+        b.put_i32(code);
+        b.put_slice(extra);
+    })
+}
+
+pub fn backend_key_data(pid: i32, key: i32) -> Bytes {
+    message(b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(key);
+    })
+}
+
 /// Finds `needle` in `hay` (the guard's marker in a server error).
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || hay.len() < needle.len() {

@@ -24,7 +24,20 @@ pub struct Rejections {
     /// (Query, Sync, FunctionCall), the highest rejection issued before it:
     /// once that ReadyForQuery arrives, those rejections are settled (their
     /// error came, or the server skipped them after an earlier error).
-    ready_marks: VecDeque<u64>,
+    ready_marks: VecDeque<Mark>,
+    /// Transaction status of the last ReadyForQuery: b'I', b'T' or b'E'.
+    pub status: u8,
+}
+
+/// One ReadyForQuery the server owes.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// Highest rejection sequence number issued before the message.
+    seq: u64,
+    /// The message was the guard's own (a session variable refresh): every
+    /// reply up to and including its ReadyForQuery is for the guard, not
+    /// the client.
+    swallow: bool,
 }
 
 impl Rejections {
@@ -34,7 +47,11 @@ impl Rejections {
             next_seq: 1,
             pending: VecDeque::new(),
             // The ReadyForQuery that ends authentication is owed by startup.
-            ready_marks: VecDeque::from([0]),
+            ready_marks: VecDeque::from([Mark {
+                seq: 0,
+                swallow: false,
+            }]),
+            status: b'I',
         }
     }
 
@@ -51,13 +68,34 @@ impl Rejections {
 
     /// A message that the server answers with one ReadyForQuery was sent.
     pub fn expect_ready(&mut self) {
-        self.ready_marks.push_back(self.next_seq - 1);
+        self.ready_marks.push_back(Mark {
+            seq: self.next_seq - 1,
+            swallow: false,
+        });
+    }
+
+    /// The guard sent a Query of its own: its replies are not relayed.
+    pub fn expect_swallowed_ready(&mut self) {
+        self.ready_marks.push_back(Mark {
+            seq: self.next_seq - 1,
+            swallow: true,
+        });
+    }
+
+    /// Whether the server owes nothing: no reply is in flight.
+    pub fn idle(&self) -> bool {
+        self.ready_marks.is_empty()
+    }
+
+    /// Whether the replies arriving now answer the guard's own Query.
+    pub fn swallowing(&self) -> bool {
+        self.ready_marks.front().is_some_and(|m| m.swallow)
     }
 
     /// A ReadyForQuery arrived from the server.
     pub fn on_ready(&mut self) {
         if let Some(mark) = self.ready_marks.pop_front() {
-            while self.pending.front().is_some_and(|(s, _)| *s <= mark) {
+            while self.pending.front().is_some_and(|(s, _)| *s <= mark.seq) {
                 self.pending.pop_front();
             }
         }

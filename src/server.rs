@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ use crate::protocol::{self, Severity};
 pub struct Runtime {
     pub policy: Policy,
     pub switches: BTreeMap<String, bool>,
+    /// Bumped on every swap, so sessions notice a change cheaply.
+    pub generation: u64,
 }
 
 /// State shared by all sessions, passed in (never global) so that tests can
@@ -28,17 +31,35 @@ pub struct Guard {
     pub audit: AuditLog,
     /// Random per process; part of every rejection marker.
     pub nonce: String,
+    /// Where the policy came from, for reloads and switch write-back.
+    pub policy_path: Option<PathBuf>,
+    /// Serialises reloads and flips.
+    pub control_lock: tokio::sync::Mutex<()>,
+    pub stats: Stats,
+    pub clients_registry: std::sync::Mutex<BTreeMap<u64, ClientEntry>>,
     next_session: AtomicU64,
     clients: Arc<Semaphore>,
 }
 
 impl Guard {
-    pub async fn new(policy: Policy, settings: Settings) -> std::io::Result<Arc<Guard>> {
+    pub async fn new(
+        policy: Policy,
+        settings: Settings,
+        policy_path: Option<PathBuf>,
+    ) -> std::io::Result<Arc<Guard>> {
         let audit =
             AuditLog::open(&settings.audit.file, settings.audit.max_statement_chars).await?;
         let switches = policy.default_switches();
         Ok(Arc::new(Guard {
-            runtime: ArcSwap::from_pointee(Runtime { policy, switches }),
+            runtime: ArcSwap::from_pointee(Runtime {
+                policy,
+                switches,
+                generation: 1,
+            }),
+            policy_path,
+            control_lock: tokio::sync::Mutex::new(()),
+            stats: Stats::default(),
+            clients_registry: std::sync::Mutex::new(BTreeMap::new()),
             clients: Arc::new(Semaphore::new(settings.proxy.max_clients)),
             settings,
             audit,
@@ -50,6 +71,37 @@ impl Guard {
     pub fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// Counters for the admin console's SHOW STATS.
+#[derive(Default)]
+pub struct Stats {
+    pub statements: AtomicU64,
+    pub allowed: AtomicU64,
+    pub rejected: AtomicU64,
+    pub rejected_by_rule: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    pub fn count_rejection(&self, rule: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        *self
+            .rejected_by_rule
+            .lock()
+            .unwrap()
+            .entry(rule.to_string())
+            .or_default() += 1;
+    }
+}
+
+/// A connected client, for SHOW CLIENTS.
+#[derive(Debug, Clone)]
+pub struct ClientEntry {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub client_addr: String,
+    pub connected_at: String,
 }
 
 /// Accepts clients until `shutdown` completes. Takes an already-bound

@@ -46,6 +46,10 @@ pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
         database: startup.database().to_string(),
         application_name: startup.param("application_name").unwrap_or("").to_string(),
     };
+    if startup.database() == crate::admin::DATABASE {
+        crate::admin::serve(guard, client, startup, info).await;
+        return;
+    }
     let upstream = match connect_upstream(&guard).await {
         Ok(s) => s,
         Err(e) => {
@@ -64,7 +68,19 @@ pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
         }
     };
     tracing::debug!(session = info.id, user = %info.user, db = %info.database, "session start");
-    relay(guard, info, startup, client, upstream).await;
+    let id = info.id;
+    guard.clients_registry.lock().unwrap().insert(
+        id,
+        crate::server::ClientEntry {
+            user: info.user.clone(),
+            database: info.database.clone(),
+            application_name: info.application_name.clone(),
+            client_addr: info.client_addr.to_string(),
+            connected_at: audit::now_rfc3339(),
+        },
+    );
+    relay(guard.clone(), info, startup, client, upstream).await;
+    guard.clients_registry.lock().unwrap().remove(&id);
 }
 
 /// Answers SSLRequest and GSSENCRequest with `N`, forwards a CancelRequest,
@@ -128,6 +144,7 @@ async fn relay(
         info,
         prepared: HashMap::new(),
         rejections: rejections.clone(),
+        switches_applied: 0,
     };
     let c2s = c2s.run(cr, uw, fatal_tx);
     let s2c = server_to_client(&guard, ur, cw, rejections, fatal_rx);
@@ -152,9 +169,43 @@ struct ClientSide {
     /// cannot know which one succeeded, so it judges by all of them).
     prepared: HashMap<String, StatementInfo>,
     rejections: Arc<Mutex<Rejections>>,
+    /// The policy generation whose switch positions the server session's
+    /// `zoneguard.<switch>` variables hold (0: not set yet, or wiped).
+    switches_applied: u64,
 }
 
 impl ClientSide {
+    /// When the switches changed since the server session's variables were
+    /// set, and the session is idle with nothing in flight, returns a Query
+    /// that sets them (its replies are swallowed). `SHOW zoneguard.<switch>`
+    /// then answers in both protocols, prepared or not, without touching a
+    /// table. Inside a transaction the value read stays as it was when the
+    /// transaction began; enforcement never waits for this.
+    fn refresh_switch_variables(&mut self) -> Option<Bytes> {
+        let runtime = self.guard.runtime.load();
+        if runtime.generation == self.switches_applied {
+            return None;
+        }
+        let mut r = self.rejections.lock().unwrap();
+        if !r.idle() || r.status != b'I' {
+            return None;
+        }
+        let mut sql = String::new();
+        for (name, on) in &runtime.switches {
+            // Switch names are validated as [a-z0-9_]+.
+            sql.push_str(&format!(
+                "SET zoneguard.{name} = '{}';",
+                if *on { "on" } else { "off" }
+            ));
+        }
+        self.switches_applied = runtime.generation;
+        if sql.is_empty() {
+            return None;
+        }
+        r.expect_swallowed_ready();
+        Some(protocol::query_message(&sql))
+    }
+
     async fn run(
         &mut self,
         mut cr: OwnedReadHalf,
@@ -173,6 +224,9 @@ impl ClientSide {
                     return ClientEnd::Gone;
                 }
                 Ok(_) => {}
+            }
+            if let Some(set) = self.refresh_switch_variables() {
+                out.extend_from_slice(&set);
             }
             loop {
                 let frame = match protocol::next_frame(&mut buf, max) {
@@ -286,6 +340,11 @@ impl ClientSide {
     fn judge_sql(&mut self, sql: &str) -> Option<Denial> {
         let runtime = self.guard.runtime.load();
         let statements = classify::classify(sql);
+        let stats = &self.guard.stats;
+        stats.statements.fetch_add(
+            statements.len().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let facts = Facts {
             role: &self.info.user,
             switches: &runtime.switches,
@@ -293,10 +352,19 @@ impl ClientSide {
         let prepared = &self.prepared;
         for st in &statements {
             if let Verdict::Deny(d) = runtime.policy.judge(st, facts, &|name| prepared.get(name)) {
+                stats.count_rejection(&d.rule);
                 return Some(*d);
             }
         }
+        stats.allowed.fetch_add(
+            statements.len().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for st in statements {
+            if st.command == "DISCARD" || st.command == "RESET" {
+                // DISCARD ALL / RESET ALL wipe the zoneguard.* variables.
+                self.switches_applied = 0;
+            }
             if let Some(p) = st.prepares {
                 let entry = self.prepared.entry(p.name).or_default();
                 entry.accesses.extend(p.body.accesses);
@@ -338,6 +406,15 @@ impl ClientSide {
         self.guard.audit.write(&record).await;
         self.rejections.lock().unwrap().register(d)
     }
+}
+
+/// Whether a ParameterStatus body reports standard_conforming_strings off.
+fn standard_strings_off(body: &[u8]) -> bool {
+    let mut b = body;
+    matches!(
+        (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b)),
+        (Some(b"standard_conforming_strings"), Some(v)) if v.eq_ignore_ascii_case(b"off")
+    )
 }
 
 async fn server_to_client(
@@ -392,7 +469,31 @@ async fn server_to_client(
                     return;
                 }
             };
+            if rejections.lock().unwrap().swallowing() {
+                // Replies to the guard's own Query.
+                match frame.tag() {
+                    b'Z' => rejections.lock().unwrap().on_ready(),
+                    b'E' => tracing::warn!(
+                        error = %String::from_utf8_lossy(frame.body()),
+                        "setting zoneguard.* session variables failed"
+                    ),
+                    _ => {}
+                }
+                continue;
+            }
             match frame.tag() {
+                b'S' if standard_strings_off(frame.body()) => {
+                    let msg = protocol::error_response(
+                        Severity::Fatal,
+                        "0A000",
+                        "zoneguard requires standard_conforming_strings = on",
+                        Some("With it off, backslashes in strings change where a string ends, and the guard could misread a statement. Set it back to on for this role and database."),
+                    );
+                    let _ = cw.write_all(&out).await;
+                    let _ = cw.write_all(&msg).await;
+                    let _ = cw.shutdown().await;
+                    return;
+                }
                 b'E' => {
                     let mut r = rejections.lock().unwrap();
                     if r.has_pending() {
@@ -402,7 +503,11 @@ async fn server_to_client(
                         }
                     }
                 }
-                b'Z' => rejections.lock().unwrap().on_ready(),
+                b'Z' => {
+                    let mut r = rejections.lock().unwrap();
+                    r.on_ready();
+                    r.status = frame.body().first().copied().unwrap_or(b'I');
+                }
                 _ => {}
             }
             out.extend_from_slice(&frame.raw);

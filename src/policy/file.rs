@@ -56,6 +56,16 @@ struct PolicyFile {
     switches: BTreeMap<Spanned<String>, SwitchFile>,
     #[serde(default)]
     roles: BTreeMap<Spanned<String>, RoleFile>,
+    #[serde(default)]
+    admin: AdminFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    /// Role name -> PostgreSQL md5 hash: "md5" + md5(password || role).
+    #[serde(default)]
+    users: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -81,6 +91,8 @@ struct ZoneFile {
 struct RuleFile {
     name: Spanned<String>,
     zone: Spanned<String>,
+    #[serde(default)]
+    tables: Vec<Spanned<String>>,
     #[serde(default)]
     roles: Vec<Spanned<String>>,
     #[serde(default)]
@@ -285,9 +297,29 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
             }
             when.push((sw.get_ref().clone(), *pos));
         }
+        let mut tables = Vec::new();
+        for t in &r.tables {
+            let rel = parse_table_name(t.get_ref())
+                .ok_or_else(|| cx.err(t.span(), format!("not a table name: {:?}", t.get_ref())))?;
+            let in_zone = zones
+                .iter()
+                .find(|z| &z.name == zone)
+                .is_some_and(|z| z.tables.contains(&rel));
+            if !in_zone {
+                return Err(cx.err(
+                    t.span(),
+                    format!(
+                        "rule {:?} names table {rel}, which is not in zone {zone:?}",
+                        r.name.get_ref()
+                    ),
+                ));
+            }
+            tables.push(rel);
+        }
         rules.push(Rule {
             name: r.name.get_ref().clone(),
             zone: zone.clone(),
+            tables,
             roles: r.roles.iter().map(|s| s.get_ref().clone()).collect(),
             when,
             allow: cx.allowed(&r.allow)?,
@@ -318,7 +350,26 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
             },
         );
     }
+    let mut admins = BTreeMap::new();
+    for (name, hash) in &file.admin.users {
+        let h = hash.get_ref();
+        let ok = h.len() == 35
+            && h.starts_with("md5")
+            && h[3..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        if !ok {
+            return Err(cx.err(
+                hash.span(),
+                format!(
+                    "admin {name:?}: expected an md5 password hash (\"md5\" followed by 32 lower-case hex digits, as from SELECT 'md5' || md5('password' || '{name}')); plain-text passwords are not accepted"
+                ),
+            ));
+        }
+        admins.insert(name.clone(), h.clone());
+    }
     Ok(Policy {
+        admins,
         zones,
         rules,
         switches,

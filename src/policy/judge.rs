@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{Policy, UNLISTED_ZONE};
-use crate::classify::{Op, Special, StatementInfo, TableAccess};
+use crate::classify::{Op, RelationName, Special, StatementInfo, TableAccess};
 
 /// SQLSTATE of every policy rejection: insufficient_privilege, what
 /// PostgreSQL itself raises for a write without the privilege.
@@ -121,9 +121,21 @@ impl Policy {
 
     /// The rule that decides `op` on `zone` for these facts: the first rule in
     /// file order whose zone, roles and switch positions all match.
-    pub fn rule_for(&self, zone: &str, facts: Facts<'_>) -> Option<&super::Rule> {
+    pub fn rule_for(
+        &self,
+        zone: &str,
+        table: &RelationName,
+        facts: Facts<'_>,
+    ) -> Option<&super::Rule> {
         self.rules.iter().find(|r| {
             r.zone == zone
+                && (r.tables.is_empty()
+                    || r.tables.iter().any(|t| {
+                        t.name == table.name
+                            && (t.schema.is_none()
+                                || table.schema.is_none()
+                                || t.schema == table.schema)
+                    }))
                 && (r.roles.is_empty() || r.roles.iter().any(|x| x == facts.role))
                 && r.when.iter().all(|(sw, pos)| {
                     facts
@@ -138,7 +150,8 @@ impl Policy {
 
     fn judge_access(&self, access: &TableAccess, facts: Facts<'_>) -> Option<Denial> {
         for zone in self.zones_of(&access.table) {
-            let (allowed, rule_name, reason, hint) = match self.rule_for(zone, facts) {
+            let (allowed, rule_name, reason, hint) = match self.rule_for(zone, &access.table, facts)
+            {
                 Some(rule) => (
                     rule.allow,
                     rule.name.as_str(),

@@ -28,6 +28,8 @@ pub struct Policy {
     pub default_allow: Allowed,
     pub default_options: RoleOptions,
     pub roles: BTreeMap<String, RoleOptions>,
+    /// Admin console users: role name -> md5 password hash.
+    pub admins: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,8 @@ pub struct Zone {
 pub struct Rule {
     pub name: String,
     pub zone: String,
+    /// Only these tables of the zone (as written in the zone); empty: all.
+    pub tables: Vec<RelationName>,
     /// Empty: every role.
     pub roles: Vec<String>,
     /// Switch positions this rule needs; empty: always.

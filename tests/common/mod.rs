@@ -47,6 +47,7 @@ pub struct TestGuard {
     pub addr: std::net::SocketAddr,
     pub guard: Arc<Guard>,
     pub audit_path: PathBuf,
+    pub policy_path: PathBuf,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -68,7 +69,10 @@ impl TestGuard {
         settings.audit.file = audit_path.display().to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let guard = Guard::new(policy, settings).await.unwrap();
+        let guard = Guard::new(policy, settings, Some(path.clone()))
+            .await
+            .unwrap();
+        zoneguard::control::spawn_watchers(guard.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server::run(listener, guard.clone(), async move {
             let _ = rx.await;
@@ -77,6 +81,7 @@ impl TestGuard {
             addr,
             guard,
             audit_path,
+            policy_path: path,
             _dir: dir,
             stop: Some(tx),
         }

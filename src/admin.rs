@@ -1,0 +1,327 @@
+//! The admin console: a virtual database named `zoneguard`, answered by the
+//! guard itself in the style of PgBouncer's (`psql -h HOST -p PORT -U admin
+//! zoneguard`). Only the admins named in the policy get in, with an md5
+//! password check against the hash in the policy.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use md5::{Digest, Md5};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::audit::SessionInfo;
+use crate::control;
+use crate::protocol::{self, Severity, Startup};
+use crate::server::Guard;
+
+/// The virtual database name that opens the console.
+pub const DATABASE: &str = "zoneguard";
+
+const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; RELOAD";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// PostgreSQL's md5 challenge answer for a stored "md5..." hash and a salt.
+pub fn md5_response(stored: &str, salt: &[u8; 4]) -> String {
+    let mut h = Md5::new();
+    h.update(&stored.as_bytes()[3..]);
+    h.update(salt);
+    format!("md5{}", hex(&h.finalize()))
+}
+
+/// The hash to put in `[admin] users`, for a role and password.
+pub fn md5_hash(role: &str, password: &str) -> String {
+    let mut h = Md5::new();
+    h.update(password.as_bytes());
+    h.update(role.as_bytes());
+    format!("md5{}", hex(&h.finalize()))
+}
+
+async fn fatal(client: &mut TcpStream, code: &str, msg: &str) {
+    let _ = client
+        .write_all(&protocol::error_response(Severity::Fatal, code, msg, None))
+        .await;
+}
+
+async fn read_frame(client: &mut TcpStream, buf: &mut BytesMut) -> Option<protocol::Frame> {
+    loop {
+        match protocol::next_frame(buf, 1 << 20) {
+            Ok(Some(f)) => return Some(f),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, startup: Startup, info: SessionInfo) {
+    let user = startup.user().to_string();
+    let stored = guard.runtime.load().policy.admins.get(&user).cloned();
+    let salt: [u8; 4] = rand::random();
+    if client
+        .write_all(&protocol::authentication(5, &salt))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut buf = BytesMut::with_capacity(1024);
+    let Some(answer) = read_frame(&mut client, &mut buf).await else {
+        return;
+    };
+    let mut body = answer.body();
+    let given = protocol::take_cstr(&mut body).unwrap_or_default();
+    let ok = answer.tag() == b'p'
+        && stored
+            .as_deref()
+            .is_some_and(|s| md5_response(s, &salt).as_bytes() == given);
+    if !ok {
+        tracing::warn!(user = %user, addr = %info.client_addr, "admin console: authentication failed");
+        fatal(
+            &mut client,
+            "28P01",
+            &format!("password authentication failed for user \"{user}\""),
+        )
+        .await;
+        return;
+    }
+    tracing::info!(user = %user, addr = %info.client_addr, "admin console: login");
+    let mut hello = BytesMut::new();
+    hello.extend_from_slice(&protocol::authentication(0, &[]));
+    for (k, v) in [
+        ("server_version", "15.0"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", "zoneguard admin"),
+    ] {
+        hello.extend_from_slice(&protocol::parameter_status(k, v));
+    }
+    hello.extend_from_slice(&protocol::backend_key_data(0, 0));
+    hello.extend_from_slice(&protocol::ready_for_query(b'I'));
+    if client.write_all(&hello).await.is_err() {
+        return;
+    }
+    let mut skipping = false;
+    while let Some(frame) = read_frame(&mut client, &mut buf).await {
+        let reply = match frame.tag() {
+            b'X' => return,
+            b'Q' => {
+                skipping = false;
+                let sql =
+                    String::from_utf8_lossy(protocol::query_text(frame.body()).unwrap_or_default())
+                        .into_owned();
+                let mut out = BytesMut::new();
+                for cmd in sql.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+                    match command(&guard, &user, cmd).await {
+                        Ok(b) => out.extend_from_slice(&b),
+                        Err(msg) => {
+                            out.extend_from_slice(&protocol::error_response(
+                                Severity::Error,
+                                "42601",
+                                &msg,
+                                Some(HELP),
+                            ));
+                            break;
+                        }
+                    }
+                }
+                if sql.trim().trim_matches(';').is_empty() {
+                    out.extend_from_slice(&protocol::message_empty_query());
+                }
+                out.extend_from_slice(&protocol::ready_for_query(b'I'));
+                out.freeze()
+            }
+            b'S' => {
+                skipping = false;
+                protocol::ready_for_query(b'I')
+            }
+            _ if skipping => continue,
+            _ => {
+                skipping = true;
+                protocol::error_response(
+                    Severity::Error,
+                    "0A000",
+                    "the zoneguard admin console speaks the simple query protocol only",
+                    Some("Use psql, or send commands as simple queries."),
+                )
+            }
+        };
+        if client.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn table(columns: &[&str], rows: &[Vec<String>], tag: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&protocol::row_description(columns));
+    for r in rows {
+        let vals: Vec<Option<&str>> = r.iter().map(|v| Some(v.as_str())).collect();
+        out.extend_from_slice(&protocol::data_row(&vals));
+    }
+    out.extend_from_slice(&protocol::command_complete(&format!(
+        "{tag} {}",
+        rows.len()
+    )));
+    out.freeze()
+}
+
+fn on_off(b: bool) -> String {
+    if b { "on" } else { "off" }.to_string()
+}
+
+/// Runs one console command.
+async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String> {
+    let words: Vec<String> = cmd
+        .split(|c: char| c.is_whitespace() || c == '=')
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let rt = guard.runtime.load();
+    match w.as_slice() {
+        ["show", "switches"] => {
+            let rows: Vec<Vec<String>> = rt
+                .policy
+                .switches
+                .iter()
+                .map(|(name, sw)| {
+                    vec![
+                        name.clone(),
+                        on_off(rt.switches.get(name).copied().unwrap_or(sw.default)),
+                        sw.description.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            Ok(table(&["name", "position", "description"], &rows, "SHOW"))
+        }
+        ["set", "switch", name, pos] | ["set", "switch", name, "to", pos] => {
+            let on = match *pos {
+                "on" | "true" | "1" | "yes" => true,
+                "off" | "false" | "0" | "no" => false,
+                other => return Err(format!("switch position must be on or off, not {other:?}")),
+            };
+            control::set_switch(guard, name, on, &format!("console:{admin}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(protocol::command_complete("SET SWITCH"))
+        }
+        ["show", "policy"] | ["show", "rules"] => {
+            let rows: Vec<Vec<String>> = rt
+                .policy
+                .rules
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.zone.clone(),
+                        if r.roles.is_empty() {
+                            "*".into()
+                        } else {
+                            r.roles.join(",")
+                        },
+                        r.when
+                            .iter()
+                            .map(|(s, p)| format!("{s}={}", on_off(*p)))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        r.allow.words().join(","),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &["rule", "zone", "roles", "when", "allow"],
+                &rows,
+                "SHOW",
+            ))
+        }
+        ["show", "zones"] => {
+            let rows: Vec<Vec<String>> = rt
+                .policy
+                .zones
+                .iter()
+                .map(|z| {
+                    vec![
+                        z.name.clone(),
+                        z.tables
+                            .iter()
+                            .map(|t| t.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        z.description.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            Ok(table(&["zone", "tables", "description"], &rows, "SHOW"))
+        }
+        ["show", "clients"] => {
+            let rows: Vec<Vec<String>> = guard
+                .clients_registry
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, c)| {
+                    vec![
+                        id.to_string(),
+                        c.user.clone(),
+                        c.database.clone(),
+                        c.application_name.clone(),
+                        c.client_addr.clone(),
+                        c.connected_at.clone(),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "session_id",
+                    "user",
+                    "database",
+                    "application_name",
+                    "client_addr",
+                    "connected_at",
+                ],
+                &rows,
+                "SHOW",
+            ))
+        }
+        ["show", "stats"] => {
+            let s = &guard.stats;
+            let mut rows = vec![
+                vec![
+                    "statements".to_string(),
+                    s.statements.load(Ordering::Relaxed).to_string(),
+                ],
+                vec![
+                    "allowed".to_string(),
+                    s.allowed.load(Ordering::Relaxed).to_string(),
+                ],
+                vec![
+                    "rejected".to_string(),
+                    s.rejected.load(Ordering::Relaxed).to_string(),
+                ],
+                vec!["policy_generation".to_string(), rt.generation.to_string()],
+            ];
+            for (rule, n) in s.rejected_by_rule.lock().unwrap().iter() {
+                rows.push(vec![format!("rejected[{rule}]"), n.to_string()]);
+            }
+            Ok(table(&["metric", "value"], &rows, "SHOW"))
+        }
+        ["reload"] => {
+            control::reload(guard, "console", &format!("console:{admin}"))
+                .await
+                .map_err(|e| format!("reload refused, the running policy stays in force: {e}"))?;
+            Ok(protocol::command_complete("RELOAD"))
+        }
+        _ => Err(format!("unknown admin console command: {cmd}")),
+    }
+}

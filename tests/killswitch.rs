@@ -1,0 +1,354 @@
+//! The kill switch and live policy: reading the switch through the guard,
+//! the admin console, flips by console and by file edit, refused reloads,
+//! and the seed's checkout flow across a flip.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use tokio_postgres::SimpleQueryMessage;
+use zoneguard::checkout::{checkout, new_commerce_enabled, CheckoutPath};
+
+fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn admin(g: &TestGuard) -> tokio_postgres::Client {
+    connect_url(&format!(
+        "postgresql://zgadmin:zgadmin@127.0.0.1:{}/zoneguard",
+        g.addr.port()
+    ))
+    .await
+}
+
+/// Polls until `f` holds, at most `limit`; returns how long it took.
+async fn within<F, Fut>(limit: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_switch_is_readable_in_both_protocols_and_in_a_transaction() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    assert!(new_commerce_enabled(&app).await.unwrap());
+    let v: String = app
+        .query_one("SHOW zoneguard.enable_new_commerce", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "on");
+    app.batch_execute("BEGIN").await.unwrap();
+    assert!(new_commerce_enabled(&app).await.unwrap());
+    app.batch_execute("COMMIT").await.unwrap();
+    // A named prepared statement reads the live value after a flip.
+    let stmt = app
+        .prepare("SHOW zoneguard.enable_new_commerce")
+        .await
+        .unwrap();
+    let console = admin(&g).await;
+    console
+        .simple_query("SET SWITCH enable_new_commerce = off")
+        .await
+        .unwrap();
+    let v: String = app.query_one(&stmt, &[]).await.unwrap().get(0);
+    assert_eq!(v, "off");
+}
+
+#[tokio::test]
+async fn the_console_needs_an_admin_password() {
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let port = g.addr.port();
+    for url in [
+        format!("postgresql://zgadmin:wrong@127.0.0.1:{port}/zoneguard"),
+        format!("postgresql://app:zgadmin@127.0.0.1:{port}/zoneguard"),
+    ] {
+        let err = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("must be refused");
+        assert_eq!(err.as_db_error().unwrap().code().code(), "28P01");
+    }
+    let c = admin(&g).await;
+    let sw = rows(&c.simple_query("SHOW SWITCHES").await.unwrap());
+    assert_eq!(sw[0][0], "enable_new_commerce");
+    assert_eq!(sw[0][1], "on");
+    let policy = rows(&c.simple_query("SHOW POLICY").await.unwrap());
+    assert!(policy
+        .iter()
+        .any(|r| r[0] == "legacy-read-only" && r[4] == "read"));
+    let clients = rows(&c.simple_query("SHOW CLIENTS").await.unwrap());
+    assert!(clients.is_empty(), "the console is not a relayed client");
+    let err = c.simple_query("DROP TABLE users").await.err().unwrap();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42601");
+    let err = c
+        .simple_query("SET SWITCH no_such = off")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.as_db_error().unwrap().message().contains("no switch"));
+}
+
+#[tokio::test]
+async fn a_console_flip_changes_what_is_allowed_and_is_written_back_and_audited() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    let console = admin(&g).await;
+    app.batch_execute("INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'ON', 'ACTIVE')")
+        .await
+        .unwrap();
+    assert_eq!(
+        sqlstate(app.batch_execute("INSERT INTO transactions (user_id, product_id, status, amount) VALUES (1, 'P', 'PAID', 1)").await),
+        "42501"
+    );
+    console
+        .simple_query("SET SWITCH enable_new_commerce = off")
+        .await
+        .unwrap();
+    // Panic mode: the new zone takes no writes, the legacy checkout may insert
+    // into transactions, and nothing else opens.
+    let err = db_error(
+        app.batch_execute(
+            "INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'OFF', 'ACTIVE')",
+        )
+        .await,
+    );
+    assert_eq!(err.code().code(), "42501");
+    assert!(err.message().contains("switched off"), "{}", err.message());
+    app.batch_execute(
+        "INSERT INTO transactions (user_id, product_id, status, amount) VALUES (1, 'P', 'PAID', 1)",
+    )
+    .await
+    .unwrap();
+    for sql in [
+        "UPDATE transactions SET status = 'X'",
+        "DELETE FROM transactions",
+        "INSERT INTO users (email) VALUES ('x@y')",
+        "UPDATE users SET email = 'z'",
+    ] {
+        assert_eq!(sqlstate(app.batch_execute(sql).await), "42501", "{sql}");
+    }
+    let sw = rows(&console.simple_query("SHOW SWITCHES").await.unwrap());
+    assert_eq!(sw[0][1], "off");
+    // Written back into the policy file, so a reload keeps it.
+    let text = std::fs::read_to_string(&g.policy_path).unwrap();
+    assert!(text.contains("default = false"), "{text}");
+    assert!(text.contains("# Switches: named flags"), "comments kept");
+    console.simple_query("RELOAD").await.unwrap();
+    assert!(!new_commerce_enabled(&app).await.unwrap());
+    let stats = rows(&console.simple_query("SHOW STATS").await.unwrap());
+    assert!(stats
+        .iter()
+        .any(|r| r[0] == "rejected[panic-new-zone-frozen]" && r[1] == "1"));
+
+    let audit = g.audit();
+    let flip = audit
+        .iter()
+        .find(|r| r["event"] == "switch_flipped")
+        .expect("flip audited");
+    assert_eq!(flip["switch"], "enable_new_commerce");
+    assert_eq!(flip["from"], true);
+    assert_eq!(flip["to"], false);
+    assert_eq!(flip["how"], "console");
+    assert_eq!(flip["who"], "console:zgadmin");
+    assert!(audit.iter().any(|r| r["event"] == "policy_reloaded"));
+}
+
+#[tokio::test]
+async fn editing_the_file_flips_and_an_invalid_file_is_refused() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    let text = std::fs::read_to_string(&g.policy_path).unwrap();
+    let off = text.replace(
+        "[switches.enable_new_commerce]\ndefault = true",
+        "[switches.enable_new_commerce]\ndefault = false",
+    );
+    assert_ne!(off, text);
+    let start = Instant::now();
+    std::fs::write(&g.policy_path, &off).unwrap();
+    let took = within(Duration::from_secs(3), || async {
+        sqlstate_or_ok(
+            app.batch_execute(
+                "INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'F', 'ACTIVE')",
+            )
+            .await,
+        ) == "42501"
+    })
+    .await;
+    eprintln!(
+        "file edit -> enforced in {took:?} (since write: {:?})",
+        start.elapsed()
+    );
+    assert!(start.elapsed() < Duration::from_secs(1) + Duration::from_millis(500));
+    assert!(!new_commerce_enabled(&app).await.unwrap());
+
+    // A broken file: refused, audited, and the running policy stays.
+    std::fs::write(
+        &g.policy_path,
+        off.replace("zone = \"legacy\"", "zone = \"legcy\""),
+    )
+    .unwrap();
+    within(Duration::from_secs(3), || async {
+        g.audit().iter().any(|r| r["event"] == "reload_refused")
+    })
+    .await;
+    let refused = g
+        .audit()
+        .into_iter()
+        .find(|r| r["event"] == "reload_refused")
+        .unwrap();
+    assert!(refused["error"].as_str().unwrap().contains("legcy"));
+    assert_eq!(
+        sqlstate(app.batch_execute("DELETE FROM users").await),
+        "42501"
+    );
+    assert!(!new_commerce_enabled(&app).await.unwrap());
+}
+
+fn sqlstate_or_ok(r: Result<(), tokio_postgres::Error>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkouts_run_through_a_flip_off_and_on_without_failing() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let console = admin(&g).await;
+    let d = direct(&db).await;
+    let trx_before = count(&d, "SELECT count(*) FROM transactions").await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for w in 0..3i64 {
+        let app = g.connect("app", &db).await;
+        let stop = stop_rx.clone();
+        workers.push(tokio::spawn(async move {
+            let mut log = Vec::new();
+            while !*stop.borrow() {
+                let started = Instant::now();
+                let r = checkout(&app, 1 + w, "TALENT-BUNDLE").await;
+                log.push((started, r.map_err(|e| e.to_string())));
+            }
+            log
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let off_at = Instant::now();
+    console
+        .simple_query("SET SWITCH enable_new_commerce = off")
+        .await
+        .unwrap();
+    let off_done = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let on_at = Instant::now();
+    console
+        .simple_query("SET SWITCH enable_new_commerce = on")
+        .await
+        .unwrap();
+    let on_done = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_tx.send(true).unwrap();
+
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    all.sort_by_key(|(t, _)| *t);
+    let mut new_count = 0i64;
+    let mut legacy_count = 0i64;
+    let mut first_legacy = None;
+    let mut first_new_after_on = None;
+    for (started, r) in &all {
+        let receipt = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a checkout failed: {e}"));
+        match receipt.path {
+            CheckoutPath::NewCommerce => new_count += 1,
+            CheckoutPath::Legacy => legacy_count += 1,
+        }
+        assert_eq!(
+            receipt.payment_ref,
+            format!("PAY-{}-{}", receipt.order_id, receipt.price)
+        );
+        if *started > off_done + Duration::from_secs(1) && *started < on_at {
+            assert_eq!(
+                receipt.path,
+                CheckoutPath::Legacy,
+                "started {:?} after the flip off",
+                *started - off_done
+            );
+        }
+        if *started > on_done + Duration::from_secs(1) {
+            assert_eq!(receipt.path, CheckoutPath::NewCommerce);
+        }
+        if *started < off_at {
+            assert_eq!(receipt.path, CheckoutPath::NewCommerce);
+        }
+        if *started > on_done
+            && receipt.path == CheckoutPath::NewCommerce
+            && first_new_after_on.is_none()
+        {
+            first_new_after_on = Some(*started - on_at);
+        }
+        if receipt.path == CheckoutPath::Legacy && first_legacy.is_none() {
+            first_legacy = Some(*started - off_at);
+            assert_eq!(
+                receipt.price, 700_000,
+                "legacy path charges the normal price"
+            );
+        }
+        if receipt.path == CheckoutPath::NewCommerce {
+            assert_eq!(receipt.price, 560_000, "new path charges the bundle price");
+        }
+    }
+    assert!(legacy_count > 0 && new_count > 0);
+    eprintln!(
+        "checkouts: {} new, {} legacy; flip off -> first legacy checkout started {:?} after the command; flip on -> first new {:?}",
+        new_count, legacy_count, first_legacy.unwrap(), first_new_after_on.unwrap()
+    );
+    // Each checkout wrote exactly where its path says: the new zone got no
+    // writes while off, the legacy table none while on.
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM entitlements").await,
+        new_count
+    );
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM transactions").await - trx_before,
+        legacy_count
+    );
+    assert!(
+        g.audit()
+            .iter()
+            .filter(|r| r["event"] == "switch_flipped")
+            .count()
+            == 2
+    );
+}
