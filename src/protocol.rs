@@ -228,6 +228,28 @@ pub fn parse_message_bytes(name: &[u8], sql: &str) -> Bytes {
     b.freeze()
 }
 
+/// The statement name a Bind message refers to.
+pub fn bind_statement(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    let mut b = body;
+    take_cstr(&mut b).ok_or(ProtocolError::Malformed("Bind"))?;
+    take_cstr(&mut b).ok_or(ProtocolError::Malformed("Bind"))
+}
+
+/// A Bind of `statement` into the unnamed portal, with no parameters.
+pub fn bind_message(statement: &str) -> Bytes {
+    let len = 4 + 1 + statement.len() + 1 + 2 + 2 + 2;
+    let mut b = BytesMut::with_capacity(len + 1);
+    b.put_u8(b'B');
+    b.put_i32(len as i32);
+    b.put_u8(0);
+    b.put_slice(statement.as_bytes());
+    b.put_u8(0);
+    b.put_i16(0);
+    b.put_i16(0);
+    b.put_i16(0);
+    b.freeze()
+}
+
 /// Severity of an error the guard sends itself.
 #[derive(Debug, Clone, Copy)]
 pub enum Severity {

@@ -60,10 +60,19 @@ impl Rejections {
     /// it also fails a Parse message at once (the Bind that follows is then
     /// skipped by the server, whatever parameters it carries).
     pub fn register(&mut self, denial: Denial) -> String {
+        format!(
+            "SELECT '{}'::pg_catalog.regclass",
+            self.register_marker(denial)
+        )
+    }
+
+    /// Registers a rejection and returns its bare marker, a name that no
+    /// relation or prepared statement has (e.g. for a Bind that must fail).
+    pub fn register_marker(&mut self, denial: Denial) -> String {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push_back((seq, denial));
-        format!("SELECT '{}{}'::pg_catalog.regclass", self.prefix, seq)
+        format!("{}{}", self.prefix, seq)
     }
 
     /// A message that the server answers with one ReadyForQuery was sent.

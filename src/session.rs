@@ -145,6 +145,7 @@ async fn relay(
         prepared: HashMap::new(),
         rejections: rejections.clone(),
         switches_applied: 0,
+        parsed: HashMap::new(),
     };
     let c2s = c2s.run(cr, uw, fatal_tx);
     let s2c = server_to_client(&guard, ur, cw, rejections, fatal_rx);
@@ -172,6 +173,12 @@ struct ClientSide {
     /// The policy generation whose switch positions the server session's
     /// `zoneguard.<switch>` variables hold (0: not set yet, or wiped).
     switches_applied: u64,
+    /// Extended-protocol statements the server holds, by name: the policy
+    /// generation they were judged under, and their SQL. A Bind of one
+    /// judged under an older policy (a reload or a switch flip since) is
+    /// judged again, so a statement prepared before a flip cannot write
+    /// where the flip forbids.
+    parsed: HashMap<Vec<u8>, (u64, String)>,
 }
 
 impl ClientSide {
@@ -303,13 +310,50 @@ impl ClientSide {
             b'P' => {
                 let msg = protocol::parse_message(frame.body())?;
                 let sql = String::from_utf8_lossy(msg.query);
+                let generation = self.guard.runtime.load().generation;
                 match self.judge_sql(&sql) {
                     Some(denial) => {
+                        self.parsed.remove(msg.name);
                         let replacement = self.reject(denial, "extended", &sql).await;
                         Ok(Some(protocol::parse_message_bytes(msg.name, &replacement)))
                     }
-                    None => Ok(None),
+                    None => {
+                        self.parsed
+                            .insert(msg.name.to_vec(), (generation, sql.into_owned()));
+                        Ok(None)
+                    }
                 }
+            }
+            b'B' => {
+                let name = protocol::bind_statement(frame.body())?;
+                let generation = self.guard.runtime.load().generation;
+                let stale = match self.parsed.get(name) {
+                    Some((judged, sql)) if *judged != generation => sql.clone(),
+                    _ => return Ok(None),
+                };
+                match self.judge_sql(&stale) {
+                    Some(denial) => {
+                        self.audit(&denial, "extended", &stale).await;
+                        let marker = self.rejections.lock().unwrap().register_marker(denial);
+                        Ok(Some(protocol::bind_message(&marker)))
+                    }
+                    None => {
+                        if let Some(entry) = self.parsed.get_mut(name) {
+                            entry.0 = generation;
+                        }
+                        Ok(None)
+                    }
+                }
+            }
+            b'C' => {
+                let body = frame.body();
+                if body.first() == Some(&b'S') {
+                    let mut rest = &body[1..];
+                    if let Some(name) = protocol::take_cstr(&mut rest) {
+                        self.parsed.remove(name);
+                    }
+                }
+                Ok(None)
             }
             b'F' => {
                 let verdict = self
@@ -383,6 +427,12 @@ impl ClientSide {
 
     /// Audits a rejection, registers it, and returns the SQL to run instead.
     async fn reject(&self, d: Denial, protocol: &'static str, sql: &str) -> String {
+        self.audit(&d, protocol, sql).await;
+        self.rejections.lock().unwrap().register(d)
+    }
+
+    /// Writes the audit record of a rejection (before the client hears of it).
+    async fn audit(&self, d: &Denial, protocol: &'static str, sql: &str) {
         let (statement, truncated) = audit::cap(sql, self.guard.audit.max_statement_chars);
         tracing::info!(session = self.info.id, user = %self.info.user, rule = %d.rule, "rejected: {}", d.message);
         let record = AuditRecord {
@@ -404,7 +454,6 @@ impl ClientSide {
             statement_truncated: truncated,
         };
         self.guard.audit.write(&record).await;
-        self.rejections.lock().unwrap().register(d)
     }
 }
 

@@ -353,3 +353,48 @@ async fn checkouts_run_through_a_flip_off_and_on_without_failing() {
             == 2
     );
 }
+
+#[tokio::test]
+async fn a_statement_prepared_before_a_flip_is_judged_again() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    let insert = app
+        .prepare("INSERT INTO entitlements (user_id, sku, status) VALUES ($1, $2, 'ACTIVE')")
+        .await
+        .unwrap();
+    app.execute(&insert, &[&1i64, &"BEFORE"]).await.unwrap();
+    admin(&g)
+        .await
+        .simple_query("SET SWITCH enable_new_commerce = off")
+        .await
+        .unwrap();
+    let err = db_error(app.execute(&insert, &[&1i64, &"AFTER"]).await);
+    assert_eq!(err.code().code(), "42501");
+    assert!(err.message().contains("switched off"));
+    // The session is fine afterwards, and the statement works again once on.
+    assert!(!new_commerce_enabled(&app).await.unwrap());
+    admin(&g)
+        .await
+        .simple_query("SET SWITCH enable_new_commerce = on")
+        .await
+        .unwrap();
+    app.execute(&insert, &[&1i64, &"AGAIN"]).await.unwrap();
+    let d = direct(&db).await;
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM entitlements WHERE sku IN ('BEFORE', 'AGAIN')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM entitlements WHERE sku = 'AFTER'").await,
+        0
+    );
+    let audit = g.audit();
+    assert!(audit
+        .iter()
+        .any(|r| r["event"] == "rejected" && r["rule"] == "panic-new-zone-frozen"));
+}
