@@ -298,7 +298,9 @@ async fn checkouts_run_through_a_flip_off_and_on_without_failing() {
             receipt.payment_ref,
             format!("PAY-{}-{}", receipt.order_id, receipt.price)
         );
-        if *started > off_done + Duration::from_secs(1) && *started < on_at {
+        // Started at least a second after the flip off, and done before the
+        // flip back on was sent: must have taken the legacy path.
+        if *started > off_done + Duration::from_secs(1) && *finished < on_at {
             assert_eq!(
                 receipt.path,
                 CheckoutPath::Legacy,
