@@ -471,6 +471,24 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file() {
+        // A key no other test sets: environment variables are process-wide.
+        std::env::set_var("ZONEGUARD__AUDIT__MAX_STATEMENT_CHARS", "77");
+        let (_, settings) =
+            parse("[audit]\nmax_statement_chars = 5\n", Path::new("p.toml")).unwrap();
+        std::env::remove_var("ZONEGUARD__AUDIT__MAX_STATEMENT_CHARS");
+        assert_eq!(settings.audit.max_statement_chars, 77);
+    }
+
+    #[test]
+    fn plain_text_admin_passwords_are_refused() {
+        let err = parse("[admin]\nusers = { a = \"secret\" }\n", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("p.toml:2:") && err.contains("md5"), "{err}");
+    }
+
+    #[test]
     fn a_table_belongs_to_one_zone() {
         let text = "[zones.a]\ntables = [\"users\"]\n[zones.b]\ntables = [\"USERS\"]\n";
         let err = parse(text, Path::new("p.toml")).unwrap_err().to_string();
