@@ -1,6 +1,6 @@
 //! The `zoneguard` command: run the guard, or a self-contained demo.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -53,7 +53,8 @@ enum Command {
     Run,
     /// Start a throwaway PostgreSQL with the seed's schema and sample data,
     /// and the guard in front of it; prints the URL to connect to. Ctrl-C
-    /// stops both and deletes the database.
+    /// stops both and deletes the database. Works on a temporary copy of
+    /// the policy (./policy.toml, or the shipped one if there is none).
     Demo,
 }
 
@@ -81,13 +82,8 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn load_policy(cli: &Cli, allow_embedded: bool) -> anyhow::Result<(Policy, Settings)> {
-    let (policy, mut settings) = if !cli.policy.exists() && allow_embedded {
-        tracing::info!(path = %cli.policy.display(), "policy file not found; using the embedded default policy");
-        policy::parse(EMBEDDED_POLICY, Path::new("policy.toml"))?
-    } else {
-        policy::load(&cli.policy)?
-    };
+fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {
+    let (policy, mut settings) = policy::load(&cli.policy)?;
     if let Some(l) = &cli.listen {
         settings.proxy.listen = l.clone();
     }
@@ -115,12 +111,24 @@ async fn start(
     Ok((listener, guard))
 }
 
+/// Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
     let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let (policy, settings) = load_policy(cli, false)?;
+    let (policy, settings) = load_policy(cli)?;
     let (listener, guard) = start(policy, settings, Some(cli.policy.clone())).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -134,7 +142,30 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 async fn demo(cli: &Cli) -> anyhow::Result<()> {
-    let (policy, mut settings) = load_policy(cli, true)?;
+    // The demo works on a copy of the policy in a temporary directory, so
+    // that switch flips on its console (written back to the file) and its
+    // audit log never touch the checkout.
+    let dir = tempfile::Builder::new()
+        .prefix("zoneguard-demo-")
+        .tempdir()?;
+    let text = match std::fs::read_to_string(&cli.policy) {
+        Ok(t) => t,
+        Err(_) => {
+            tracing::info!(path = %cli.policy.display(), "policy file not found; using the embedded default policy");
+            EMBEDDED_POLICY.to_string()
+        }
+    };
+    let copy = dir.path().join("policy.toml");
+    std::fs::write(&copy, text)?;
+    let demo_cli = Cli {
+        policy: copy.clone(),
+        listen: cli.listen.clone(),
+        upstream: None,
+        audit_file: cli.audit_file.clone(),
+        log_level: None,
+        command: None,
+    };
+    let (policy, mut settings) = load_policy(&demo_cli)?;
     eprintln!("starting a throwaway PostgreSQL ...");
     let cluster = tokio::task::spawn_blocking(|| -> anyhow::Result<Cluster> {
         let cluster = Cluster::start()?;
@@ -143,8 +174,7 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
     })
     .await??;
     settings.proxy.upstream = cluster.addr();
-    let path = cli.policy.exists().then(|| cli.policy.clone());
-    let (listener, guard) = start(policy, settings, path).await?;
+    let (listener, guard) = start(policy, settings, Some(copy.clone())).await?;
     let addr = listener.local_addr()?;
     println!();
     println!("zoneguard demo is up.");
@@ -154,9 +184,12 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
         "  direct (no guard):  psql {}",
         cluster.url("postgres", "shop")
     );
+    println!("  admin console:      psql postgresql://zgadmin:zgadmin@{addr}/zoneguard");
+    println!("  policy (a copy):    {}", copy.display());
     println!("  audit log:          {}", guard.audit.target);
     println!("Ctrl-C stops the guard and deletes the database.");
     server::run(listener, guard, shutdown_signal()).await;
     drop(cluster);
+    drop(dir);
     Ok(())
 }
