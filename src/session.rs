@@ -146,6 +146,7 @@ async fn relay(
         rejections: rejections.clone(),
         switches_applied: 0,
         parsed: HashMap::new(),
+        unsynced: false,
     };
     let c2s = c2s.run(cr, uw, fatal_tx);
     let s2c = server_to_client(&guard, ur, cw, rejections, fatal_rx);
@@ -179,6 +180,10 @@ struct ClientSide {
     /// judged again, so a statement prepared before a flip cannot write
     /// where the flip forbids.
     parsed: HashMap<Vec<u8>, (u64, String)>,
+    /// Extended-protocol messages were sent since the last Sync: the server
+    /// is inside a batch (perhaps skipping to Sync after an error), so the
+    /// guard must not slip a Query of its own in.
+    unsynced: bool,
 }
 
 impl ClientSide {
@@ -194,7 +199,7 @@ impl ClientSide {
             return None;
         }
         let mut r = self.rejections.lock().unwrap();
-        if !r.idle() || r.status != b'I' {
+        if self.unsynced || !r.idle() || r.status != b'I' {
             return None;
         }
         let mut sql = String::new();
@@ -257,6 +262,11 @@ impl ClientSide {
                         return ClientEnd::Fatal;
                     }
                 };
+                match frame.tag() {
+                    b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
+                    b'S' => self.unsynced = false,
+                    _ => {}
+                }
                 match self.judge_frame(&frame).await {
                     Ok(Some(replacement)) => out.extend_from_slice(&replacement),
                     Ok(None) => out.extend_from_slice(&frame.raw),

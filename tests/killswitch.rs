@@ -400,3 +400,37 @@ async fn a_statement_prepared_before_a_flip_is_judged_again() {
         .iter()
         .any(|r| r["event"] == "rejected" && r["rule"] == "panic-new-zone-frozen"));
 }
+
+#[tokio::test]
+async fn a_flip_during_an_unsynced_batch_does_not_disturb_it() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let mut s = raw_session(&g, &db).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Parse + Flush: the server answers ParseComplete and waits for more.
+    let mut out = msg(b'P', b"\0SELECT 41 + 1\0\0\0");
+    out.extend(msg(b'H', b""));
+    s.write_all(&out).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], &[b'1', 0, 0, 0, 4], "ParseComplete");
+    admin(&g)
+        .await
+        .simple_query("SET SWITCH enable_new_commerce = off")
+        .await
+        .unwrap();
+    // Bind + Execute + Sync of the unnamed statement still work.
+    let mut out = msg(b'B', b"\0\0\0\0\0\0\0\0");
+    out.extend(msg(b'E', b"\0\0\0\0\0"));
+    out.extend(msg(b'S', b""));
+    s.write_all(&out).await.unwrap();
+    let seen = read_until_ready(&mut s).await;
+    assert_eq!(seen[0], b'2', "BindComplete first: {seen:?}");
+    assert!(seen.windows(2).any(|w| w == b"42"), "{seen:?}");
+    // The next idle moment refreshes the session variable.
+    s.write_all(&msg(b'Q', b"SHOW zoneguard.enable_new_commerce\0"))
+        .await
+        .unwrap();
+    let seen = read_until_ready(&mut s).await;
+    assert!(seen.windows(3).any(|w| w == b"off"), "{seen:?}");
+}

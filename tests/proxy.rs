@@ -391,31 +391,6 @@ async fn a_vanished_client_commits_nothing() {
     assert_eq!(count(&d, "SELECT count(*) FROM entitlements").await, 0);
 }
 
-async fn raw_session(g: &TestGuard, db: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", "app"), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    pkt.extend_from_slice(&body);
-    s.write_all(&pkt).await.unwrap();
-    // Read until ReadyForQuery.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed during startup");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    s
-}
-
 async fn read_to_end(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;

@@ -219,3 +219,59 @@ pub fn psql_bin() -> PathBuf {
         PathBuf::from("psql")
     }
 }
+
+/// A raw protocol session as `app`, read up to the first ReadyForQuery.
+pub async fn raw_session(g: &TestGuard, db: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let mut body = Vec::new();
+    body.extend_from_slice(&196608i32.to_be_bytes());
+    for (k, v) in [("user", "app"), ("database", db)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    pkt.extend_from_slice(&body);
+    tokio::io::AsyncWriteExt::write_all(&mut s, &pkt)
+        .await
+        .unwrap();
+    // Read until ReadyForQuery.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+            .await
+            .unwrap();
+        assert!(n > 0, "closed during startup");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// Reads from a raw session until a ReadyForQuery arrives; returns the bytes.
+pub async fn read_until_ready(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(5).any(|w| w == [b'Z', 0, 0, 0, 5]) {
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(s, &mut buf),
+        )
+        .await
+        .expect("no ReadyForQuery within 10 s")
+        .unwrap();
+        assert!(n > 0, "connection closed");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    seen
+}
+
+/// Encodes a frontend message.
+pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
