@@ -475,3 +475,26 @@ async fn fast_path_function_calls_are_rejected_and_the_session_goes_on() {
     }
     assert_eq!(seen[0], b'T', "a RowDescription first");
 }
+
+#[tokio::test]
+async fn a_server_that_goes_away_gives_an_error_not_a_hang() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    let pid: i32 = app
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let d = direct(&db).await;
+    d.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), app.simple_query("SELECT 1"))
+        .await
+        .expect("an answer, not a hang");
+    assert!(r.is_err());
+    // Other sessions are unaffected.
+    let other = g.connect("app", &db).await;
+    assert_eq!(count(&other, "SELECT count(*) FROM users").await, 5);
+}
