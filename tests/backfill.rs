@@ -79,6 +79,16 @@ async fn backfill_through_guard_writes_exactly_the_expected_entitlements() {
     assert_eq!(r.already_present, 0);
     assert_eq!(r.unmapped, counts(&[("LEGACY-WEBINAR", 1)]));
     assert_eq!(r.batches, 3);
+    let text = r.to_string();
+    for want in [
+        "transactions scanned:      5\n",
+        "entitlements created:      5\n",
+        "    status ACTIVE       2\n    status COMPLETED    3\n",
+        "already present:           0\n",
+        "unmapped products:         1 (1 transactions)\n    LEGACY-WEBINAR       1 transactions\n",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
     assert!(g.audit().is_empty(), "{:?}", g.audit());
     assert_eq!(legacy_snapshot(&d).await, before);
 }

@@ -48,24 +48,34 @@ impl fmt::Display for Report {
             self.elapsed.as_secs_f64(),
             self.batches
         )?;
-        writeln!(
+        let line = |f: &mut fmt::Formatter<'_>, label: &str, value: String| {
+            writeln!(f, "  {label:<26} {value}")
+        };
+        line(
             f,
-            "  transactions scanned:      {}",
-            self.transactions_scanned
+            "transactions scanned:",
+            self.transactions_scanned.to_string(),
         )?;
-        writeln!(f, "  entitlements {verb}: {}", self.created())?;
+        line(
+            f,
+            &format!("entitlements {verb}:"),
+            self.created().to_string(),
+        )?;
         for (status, n) in &self.created_by_status {
             writeln!(f, "    status {status:<12} {n}")?;
         }
         for (sku, n) in &self.created_by_sku {
             writeln!(f, "    sku    {sku:<12} {n}")?;
         }
-        writeln!(f, "  already present:           {}", self.already_present)?;
-        writeln!(
+        line(f, "already present:", self.already_present.to_string())?;
+        line(
             f,
-            "  unmapped products:         {} ({} transactions)",
-            self.unmapped.len(),
-            self.unmapped_transactions()
+            "unmapped products:",
+            format!(
+                "{} ({} transactions)",
+                self.unmapped.len(),
+                self.unmapped_transactions()
+            ),
         )?;
         for (product, n) in &self.unmapped {
             writeln!(f, "    {product:<20} {n} transactions")?;
