@@ -7,6 +7,7 @@
 //! server fail a rejected statement as PostgreSQL would, [`audit`] records it.
 pub mod admin;
 pub mod audit;
+pub mod backfill;
 pub mod checkout;
 pub mod classify;
 pub mod cluster;

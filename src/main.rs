@@ -56,6 +56,16 @@ enum Command {
     /// stops both and deletes the database. Works on a temporary copy of
     /// the policy (./policy.toml, or the shipped one if there is none).
     Demo,
+    /// Give existing customers their entitlements (issue 4): PAID legacy
+    /// transactions -> entitlements, through the guard, idempotent and
+    /// resumable.
+    Backfill(zoneguard::backfill::BackfillArgs),
+    /// Generate legacy users, transactions and assessments for trying the
+    /// backfill. Writes legacy tables: connect DIRECTLY to PostgreSQL, not
+    /// through the guard.
+    GenLegacy(zoneguard::backfill::GenLegacyArgs),
+    /// Benchmark the backfill on a throwaway cluster with generated data.
+    BenchBackfill(zoneguard::backfill::BenchBackfillArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +88,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             None | Some(Command::Run) => run(&cli).await,
             Some(Command::Demo) => demo(&cli).await,
+            Some(Command::Backfill(a)) => zoneguard::backfill::backfill_command(a).await,
+            Some(Command::GenLegacy(a)) => zoneguard::backfill::gen_legacy_command(a).await,
+            Some(Command::BenchBackfill(a)) => zoneguard::backfill::bench_command(a).await,
         }
     })
 }

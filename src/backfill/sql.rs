@@ -1,0 +1,117 @@
+//! The SQL the backfill sends: the per-batch statements (set-based, the
+//! mapping passed as array parameters), the preflight checks, and the
+//! new-zone schema `--ensure-schema` applies. Nothing here names a legacy
+//! table in a write position, so it all passes the shipped policy.
+
+/// Parameters shared by the batch statements: $1 last transaction id done
+/// (keyset), $2/$3 the half-open paid_at window (text, cast by PostgreSQL),
+/// $4 batch size, $5/$6 the mapping as parallel `text[]` (product_id, sku).
+///
+/// Result rows: (kind, key, status, n, last_id) where kind is
+/// `batch` (n = transactions scanned, last_id = highest id in the batch),
+/// `want` (entitlements the batch should have, per sku and status),
+/// `made` (rows this statement inserted, per sku and status),
+/// `unmapped` (transactions per product with no mapping).
+const BATCH_SOURCE: &str = "
+WITH b AS MATERIALIZED (
+    SELECT t.id, t.user_id, t.product_id
+    FROM transactions t
+    WHERE t.id > $1
+      AND t.status = 'PAID'
+      AND t.paid_at >= $2::text::timestamptz
+      AND t.paid_at < $3::text::timestamptz
+    ORDER BY t.id
+    LIMIT $4
+), m AS MATERIALIZED (
+    SELECT DISTINCT product_id, sku FROM unnest($5::text[], $6::text[]) AS m(product_id, sku)
+), src AS MATERIALIZED (
+    SELECT b.user_id, b.id AS source_trx_id, m.sku,
+           CASE WHEN EXISTS (
+                    SELECT 1 FROM user_assessments a
+                    WHERE a.user_id = b.user_id
+                      AND a.product_id = b.product_id
+                      AND a.answers IS NOT NULL)
+                THEN 'COMPLETED' ELSE 'ACTIVE' END AS status
+    FROM b JOIN m ON m.product_id = b.product_id
+)";
+
+const BATCH_SUMMARY: &str = "
+SELECT 'batch'::text AS kind, NULL::text AS key, NULL::text AS status,
+       count(*)::bigint AS n, max(id)::bigint AS last_id FROM b
+UNION ALL
+SELECT 'unmapped', product_id, NULL, count(*)::bigint, NULL
+FROM b WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.product_id = b.product_id)
+GROUP BY product_id
+UNION ALL
+SELECT 'want', sku, status, count(*)::bigint, NULL FROM src GROUP BY sku, status";
+
+/// One batch, writing: one INSERT ... SELECT, idempotent through the unique
+/// index on (source_trx_id, sku).
+pub fn batch_write() -> String {
+    format!(
+        "{BATCH_SOURCE}, ins AS (
+    INSERT INTO entitlements (user_id, source_trx_id, sku, status)
+    SELECT user_id, source_trx_id, sku, status FROM src
+    ORDER BY source_trx_id, sku
+    ON CONFLICT (source_trx_id, sku) DO NOTHING
+    RETURNING sku, status
+){BATCH_SUMMARY}
+UNION ALL
+SELECT 'made', sku, status, count(*)::bigint, NULL FROM ins GROUP BY sku, status"
+    )
+}
+
+/// One batch, reading only (`--dry-run`): `made` counts what would be
+/// inserted, i.e. the wanted rows not already present.
+pub fn batch_dry_run() -> String {
+    format!(
+        "{BATCH_SOURCE}{BATCH_SUMMARY}
+UNION ALL
+SELECT 'made', sku, status, count(*)::bigint, NULL FROM src
+WHERE NOT EXISTS (SELECT 1 FROM entitlements e
+                  WHERE e.source_trx_id = src.source_trx_id AND e.sku = src.sku)
+GROUP BY sku, status"
+    )
+}
+
+/// Validates the window and sizes the work: (from, to, transactions in the
+/// window, highest such id).
+pub const PREFLIGHT_WINDOW: &str = "
+SELECT $1::text::timestamptz::text, $2::text::timestamptz::text,
+       $1::text::timestamptz < $2::text::timestamptz";
+
+pub const COUNT_CANDIDATES: &str = "
+SELECT count(*)::bigint, coalesce(max(id), 0)::bigint FROM transactions
+WHERE status = 'PAID' AND paid_at >= $1::text::timestamptz AND paid_at < $2::text::timestamptz";
+
+/// Whether `entitlements` exists and has a unique index on exactly
+/// (source_trx_id, sku), which ON CONFLICT needs.
+pub const SCHEMA_CHECK: &str = "
+SELECT to_regclass('entitlements') IS NOT NULL,
+       EXISTS (
+           SELECT 1 FROM pg_index i
+           WHERE i.indrelid = to_regclass('entitlements')
+             AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+             AND i.indnatts = 2
+             AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                  FROM pg_attribute a
+                  WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
+                 = ARRAY['sku', 'source_trx_id'])";
+
+/// The new-zone schema, as in src/sql/schema.sql, made re-runnable. Applied
+/// by `zoneguard backfill --ensure-schema`; DDL on new-zone tables is
+/// allowed by the shipped policy.
+pub const ENSURE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entitlements (
+    id             bigserial PRIMARY KEY,
+    user_id        bigint NOT NULL REFERENCES users (id),
+    source_trx_id  bigint REFERENCES transactions (id),
+    sku            text NOT NULL,
+    status         text NOT NULL CHECK (status IN ('ACTIVE', 'COMPLETED', 'REVOKED')),
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entitlements_source_sku ON entitlements (source_trx_id, sku);
+CREATE TABLE IF NOT EXISTS commission_rules (
+    id          bigserial PRIMARY KEY,
+    logic_json  jsonb NOT NULL
+);";
