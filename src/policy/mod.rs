@@ -69,6 +69,17 @@ pub struct RoleOptions {
     pub other_ddl: bool,
 }
 
+/// Every operation, in the order messages list them.
+const ALL_OPS: [Op; 7] = [
+    Op::Read,
+    Op::Insert,
+    Op::Update,
+    Op::Delete,
+    Op::Truncate,
+    Op::Lock,
+    Op::Ddl,
+];
+
 /// A set of [`Op`]s.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Allowed(u8);
@@ -100,15 +111,7 @@ impl Allowed {
             "lock" => &[Op::Lock],
             "ddl" => &[Op::Ddl],
             "write" => &[Op::Insert, Op::Update, Op::Delete, Op::Truncate],
-            "all" => &[
-                Op::Read,
-                Op::Insert,
-                Op::Update,
-                Op::Delete,
-                Op::Truncate,
-                Op::Lock,
-                Op::Ddl,
-            ],
+            "all" => &ALL_OPS,
             _ => return None,
         };
         Some(
@@ -119,19 +122,11 @@ impl Allowed {
 
     /// The operations in the set, as policy words.
     pub fn words(self) -> Vec<&'static str> {
-        [
-            Op::Read,
-            Op::Insert,
-            Op::Update,
-            Op::Delete,
-            Op::Truncate,
-            Op::Lock,
-            Op::Ddl,
-        ]
-        .into_iter()
-        .filter(|op| self.contains(*op))
-        .map(Op::as_str)
-        .collect()
+        ALL_OPS
+            .into_iter()
+            .filter(|op| self.contains(*op))
+            .map(Op::as_str)
+            .collect()
     }
 }
 
