@@ -6,6 +6,7 @@
 //! into facts, [`policy`] turns facts into a verdict, [`reject`] makes the
 //! server fail a rejected statement as PostgreSQL would, [`audit`] records it.
 pub mod audit;
+pub mod cache;
 pub mod classify;
 pub mod cluster;
 pub mod policy;

@@ -28,6 +28,8 @@ pub struct Guard {
     pub audit: AuditLog,
     /// Random per process; part of every rejection marker.
     pub nonce: String,
+    /// Classification results by statement text, shared by all sessions.
+    pub cache: crate::cache::ClassifyCache,
     next_session: AtomicU64,
     clients: Arc<Semaphore>,
 }
@@ -42,6 +44,7 @@ impl Guard {
             clients: Arc::new(Semaphore::new(settings.proxy.max_clients)),
             settings,
             audit,
+            cache: crate::cache::ClassifyCache::default(),
             nonce: format!("{:016x}", rand::random::<u64>()),
             next_session: AtomicU64::new(1),
         }))

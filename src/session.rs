@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::audit::{self, AuditRecord, SessionInfo};
-use crate::classify::{self, Deallocate, StatementInfo};
+use crate::classify::{Deallocate, StatementInfo};
 use crate::policy::{Denial, Facts, Verdict};
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
 use crate::reject::Rejections;
@@ -285,27 +285,27 @@ impl ClientSide {
     /// Classifies and judges every statement of `sql`; the first denial wins.
     fn judge_sql(&mut self, sql: &str) -> Option<Denial> {
         let runtime = self.guard.runtime.load();
-        let statements = classify::classify(sql);
+        let statements = self.guard.cache.classify(sql);
         let facts = Facts {
             role: &self.info.user,
             switches: &runtime.switches,
         };
         let prepared = &self.prepared;
-        for st in &statements {
+        for st in statements.iter() {
             if let Verdict::Deny(d) = runtime.policy.judge(st, facts, &|name| prepared.get(name)) {
                 return Some(*d);
             }
         }
-        for st in statements {
-            if let Some(p) = st.prepares {
-                let entry = self.prepared.entry(p.name).or_default();
-                entry.accesses.extend(p.body.accesses);
-                entry.specials.extend(p.body.specials);
+        for st in statements.iter() {
+            if let Some(p) = &st.prepares {
+                let entry = self.prepared.entry(p.name.clone()).or_default();
+                entry.accesses.extend(p.body.accesses.iter().cloned());
+                entry.specials.extend(p.body.specials.iter().cloned());
             }
-            match st.deallocates {
+            match &st.deallocates {
                 Some(Deallocate::All) => self.prepared.clear(),
                 Some(Deallocate::Name(n)) => {
-                    self.prepared.remove(&n);
+                    self.prepared.remove(n);
                 }
                 None => {}
             }
