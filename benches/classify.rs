@@ -42,7 +42,9 @@ const STATEMENTS: [(&str, &str); 8] = [
 fn bench(c: &mut Criterion) {
     let cache = ClassifyCache::default();
     for (name, sql) in STATEMENTS {
-        c.bench_function(&format!("cold/{name}"), |b| b.iter(|| classify(black_box(sql))));
+        c.bench_function(&format!("cold/{name}"), |b| {
+            b.iter(|| classify(black_box(sql)))
+        });
         cache.classify(sql);
         c.bench_function(&format!("cached/{name}"), |b| {
             b.iter(|| cache.classify(black_box(sql)))

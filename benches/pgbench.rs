@@ -222,7 +222,15 @@ struct Run {
 fn pgbench(port: u16, args: &[&str], secs: u64, pid: Option<u32>) -> Run {
     let cpu0 = pid.map(cpu_secs);
     let out = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-n"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+        ])
         .args(["-T", &secs.to_string()])
         .args(args)
         .arg("bench")
@@ -324,7 +332,14 @@ fn main() {
         .psql("postgres", "CREATE DATABASE bench")
         .expect("create bench db");
     let st = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &cluster.port().to_string(), "-U", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "postgres",
+        ])
         .args(["-i", "-q", "-s", &scale.to_string(), "bench"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -356,9 +371,18 @@ fn main() {
     });
 
     let workloads: Vec<(&str, Vec<&str>)> = vec![
-        ("-S -c8 simple", vec!["-S", "-c", "8", "-j", "2", "-M", "simple"]),
-        ("-S -c8 extended", vec!["-S", "-c", "8", "-j", "2", "-M", "extended"]),
-        ("-S -c8 prepared", vec!["-S", "-c", "8", "-j", "2", "-M", "prepared"]),
+        (
+            "-S -c8 simple",
+            vec!["-S", "-c", "8", "-j", "2", "-M", "simple"],
+        ),
+        (
+            "-S -c8 extended",
+            vec!["-S", "-c", "8", "-j", "2", "-M", "extended"],
+        ),
+        (
+            "-S -c8 prepared",
+            vec!["-S", "-c", "8", "-j", "2", "-M", "prepared"],
+        ),
         ("-S -c1 (latency)", vec!["-S", "-c", "1"]),
         ("TPC-B -c8", vec!["-c", "8", "-j", "2"]),
     ];

@@ -127,7 +127,10 @@ impl ClassifyCache {
 
     /// Number of cached statements.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap().slots.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap().slots.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -203,7 +206,9 @@ enum Last {
     CommaAfterList,
     /// A `(` that opens no list, or a `,` in one.
     Open,
-    Close { list: bool },
+    Close {
+        list: bool,
+    },
     Word,
 }
 
@@ -216,7 +221,10 @@ pub fn normalize(sql: &str) -> Option<String> {
     if b.contains(&0) || b.contains(&b'\\') {
         return None;
     }
-    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next()?;
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?;
     if !DML_STARTS.iter().any(|k| first.eq_ignore_ascii_case(k)) {
         return None;
     }
@@ -385,7 +393,8 @@ mod tests {
         let a = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;").unwrap();
         let b = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 7;").unwrap();
         assert_eq!(a, b);
-        let a = normalize("UPDATE pgbench_accounts SET abalance = abalance + -3906 WHERE aid = 86532;");
+        let a =
+            normalize("UPDATE pgbench_accounts SET abalance = abalance + -3906 WHERE aid = 86532;");
         let b = normalize("UPDATE pgbench_accounts SET abalance = abalance + 12 WHERE aid = 1;");
         assert_eq!(a.unwrap(), b.unwrap());
         let a = normalize("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (5, 1, 8, -3906, CURRENT_TIMESTAMP);");

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -163,7 +163,7 @@ impl ClientSide {
     ) -> ClientEnd {
         let max = self.guard.settings.proxy.max_message_bytes;
         let mut buf = BytesMut::with_capacity(8 * 1024);
-        let mut out = BytesMut::with_capacity(8 * 1024);
+        let mut out = BytesMut::new();
         loop {
             match cr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => {
@@ -348,8 +348,8 @@ async fn server_to_client(
     mut fatal: mpsc::Receiver<Bytes>,
 ) {
     let _ = guard;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut out = BytesMut::new();
     loop {
         tokio::select! {
             biased;
@@ -375,9 +375,13 @@ async fn server_to_client(
                 Ok(_) => {}
             }
         }
+        // Frames are inspected in place; the bytes that pass through are
+        // written straight from `buf`, copied into `out` only when a
+        // rejection's error is rewritten in the same batch.
+        let mut off = 0;
         loop {
-            let frame = match protocol::next_frame(&mut buf, MAX_SERVER_MESSAGE) {
-                Ok(Some(f)) => f,
+            let total = match protocol::peek_frame_len(&buf[off..], MAX_SERVER_MESSAGE) {
+                Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "bad message from the database server");
@@ -387,17 +391,21 @@ async fn server_to_client(
                         &format!("zoneguard: bad message from the database server: {e}"),
                         None,
                     );
+                    out.extend_from_slice(&buf[..off]);
                     let _ = cw.write_all(&out).await;
                     let _ = cw.write_all(&msg).await;
                     return;
                 }
             };
-            match frame.tag() {
+            match buf[off] {
                 b'E' => {
                     let mut r = rejections.lock().unwrap();
                     if r.has_pending() {
-                        if let Some(ours) = r.rewrite_error(&frame.raw) {
+                        if let Some(ours) = r.rewrite_error(&buf[off..off + total]) {
+                            out.extend_from_slice(&buf[..off]);
                             out.extend_from_slice(&ours);
+                            buf.advance(off + total);
+                            off = 0;
                             continue;
                         }
                     }
@@ -405,7 +413,22 @@ async fn server_to_client(
                 b'Z' => rejections.lock().unwrap().on_ready(),
                 _ => {}
             }
-            out.extend_from_slice(&frame.raw);
+            off += total;
+        }
+        if out.is_empty() {
+            if off > 0 && cw.write_all(&buf[..off]).await.is_err() {
+                return;
+            }
+        } else {
+            out.extend_from_slice(&buf[..off]);
+        }
+        buf.advance(off);
+        // Room for a large message that is still arriving.
+        if let Ok(None) = protocol::peek_frame_len(&buf, MAX_SERVER_MESSAGE) {
+            if buf.len() >= 5 {
+                let total = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize + 1;
+                buf.reserve(total - buf.len());
+            }
         }
         if !out.is_empty() {
             if cw.write_all(&out).await.is_err() {
