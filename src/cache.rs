@@ -395,10 +395,10 @@ mod tests {
         assert_eq!(a, b);
         let a =
             normalize("UPDATE pgbench_accounts SET abalance = abalance + -3906 WHERE aid = 86532;");
-        let b = normalize("UPDATE pgbench_accounts SET abalance = abalance + 12 WHERE aid = 1;");
+        let b = normalize("UPDATE pgbench_accounts SET abalance = abalance + -12 WHERE aid = 1;");
         assert_eq!(a.unwrap(), b.unwrap());
         let a = normalize("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (5, 1, 8, -3906, CURRENT_TIMESTAMP);");
-        let b = normalize("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (9, 2, 1, 3, CURRENT_TIMESTAMP);");
+        let b = normalize("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (9, 2, 1, -3, CURRENT_TIMESTAMP);");
         assert_eq!(a.unwrap(), b.unwrap());
     }
 
