@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod audit;
 pub mod backfill;
+pub mod cache;
 pub mod checkout;
 pub mod classify;
 pub mod cluster;

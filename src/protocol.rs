@@ -144,6 +144,27 @@ impl Frame {
     }
 }
 
+/// The total length (tag included) of the frame at the start of `buf`, if it
+/// is complete: `Ok(None)` when more bytes are needed. Validates like
+/// [`next_frame`], without splitting anything off.
+pub fn peek_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as i64;
+    if len < 4 {
+        return Err(ProtocolError::BadLength {
+            tag: buf[0] as char,
+            len,
+        });
+    }
+    let total = len as usize + 1;
+    if total > max {
+        return Err(ProtocolError::TooLarge { len: total, max });
+    }
+    Ok((buf.len() >= total).then_some(total))
+}
+
 /// Splits the next complete frame off `buf`: `Ok(None)` when more bytes are
 /// needed (after reserving room for them), an error for a length that no
 /// valid message has or that exceeds `max`.

@@ -37,6 +37,8 @@ pub struct Guard {
     pub control_lock: tokio::sync::Mutex<()>,
     pub stats: Stats,
     pub clients_registry: std::sync::Mutex<BTreeMap<u64, ClientEntry>>,
+    /// Classification results by statement text, shared by all sessions.
+    pub cache: crate::cache::ClassifyCache,
     next_session: AtomicU64,
     clients: Arc<Semaphore>,
 }
@@ -63,6 +65,7 @@ impl Guard {
             clients: Arc::new(Semaphore::new(settings.proxy.max_clients)),
             settings,
             audit,
+            cache: crate::cache::ClassifyCache::default(),
             nonce: format!("{:016x}", rand::random::<u64>()),
             next_session: AtomicU64::new(1),
         }))

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::audit::{self, AuditRecord, SessionInfo};
-use crate::classify::{self, Deallocate, StatementInfo};
+use crate::classify::{Deallocate, StatementInfo};
 use crate::policy::{Denial, Facts, Verdict};
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
 use crate::reject::Rejections;
@@ -226,7 +226,7 @@ impl ClientSide {
     ) -> ClientEnd {
         let max = self.guard.settings.proxy.max_message_bytes;
         let mut buf = BytesMut::with_capacity(8 * 1024);
-        let mut out = BytesMut::with_capacity(8 * 1024);
+        let mut out = BytesMut::new();
         loop {
             match cr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => {
@@ -393,7 +393,7 @@ impl ClientSide {
     /// Classifies and judges every statement of `sql`; the first denial wins.
     fn judge_sql(&mut self, sql: &str) -> Option<Denial> {
         let runtime = self.guard.runtime.load();
-        let statements = classify::classify(sql);
+        let statements = self.guard.cache.classify(sql);
         let stats = &self.guard.stats;
         stats.statements.fetch_add(
             statements.len().max(1) as u64,
@@ -404,7 +404,7 @@ impl ClientSide {
             switches: &runtime.switches,
         };
         let prepared = &self.prepared;
-        for st in &statements {
+        for st in statements.iter() {
             if let Verdict::Deny(d) = runtime.policy.judge(st, facts, &|name| prepared.get(name)) {
                 stats.count_rejection(&d.rule);
                 return Some(*d);
@@ -414,20 +414,20 @@ impl ClientSide {
             statements.len().max(1) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        for st in statements {
+        for st in statements.iter() {
             if st.command == "DISCARD" || st.command == "RESET" {
                 // DISCARD ALL / RESET ALL wipe the zoneguard.* variables.
                 self.switches_applied = 0;
             }
-            if let Some(p) = st.prepares {
-                let entry = self.prepared.entry(p.name).or_default();
-                entry.accesses.extend(p.body.accesses);
-                entry.specials.extend(p.body.specials);
+            if let Some(p) = &st.prepares {
+                let entry = self.prepared.entry(p.name.clone()).or_default();
+                entry.accesses.extend(p.body.accesses.iter().cloned());
+                entry.specials.extend(p.body.specials.iter().cloned());
             }
-            match st.deallocates {
+            match &st.deallocates {
                 Some(Deallocate::All) => self.prepared.clear(),
                 Some(Deallocate::Name(n)) => {
-                    self.prepared.remove(&n);
+                    self.prepared.remove(n);
                 }
                 None => {}
             }
@@ -484,8 +484,8 @@ async fn server_to_client(
     mut fatal: mpsc::Receiver<Bytes>,
 ) {
     let _ = guard;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut out = BytesMut::new();
     loop {
         tokio::select! {
             biased;
@@ -511,9 +511,13 @@ async fn server_to_client(
                 Ok(_) => {}
             }
         }
+        // Frames are inspected in place; the bytes that pass through are
+        // written straight from `buf`, copied into `out` only when a
+        // rejection's error is rewritten in the same batch.
+        let mut off = 0;
         loop {
-            let frame = match protocol::next_frame(&mut buf, MAX_SERVER_MESSAGE) {
-                Ok(Some(f)) => f,
+            let total = match protocol::peek_frame_len(&buf[off..], MAX_SERVER_MESSAGE) {
+                Ok(Some(n)) => n,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "bad message from the database server");
@@ -523,31 +527,37 @@ async fn server_to_client(
                         &format!("zoneguard: bad message from the database server: {e}"),
                         None,
                     );
+                    out.extend_from_slice(&buf[..off]);
                     let _ = cw.write_all(&out).await;
                     let _ = cw.write_all(&msg).await;
                     return;
                 }
             };
+            let tag = buf[off];
             if rejections.lock().unwrap().swallowing() {
-                // Replies to the guard's own Query.
-                match frame.tag() {
+                // Replies to the guard's own Query: not relayed.
+                match tag {
                     b'Z' => rejections.lock().unwrap().on_ready(),
                     b'E' => tracing::warn!(
-                        error = %String::from_utf8_lossy(frame.body()),
+                        error = %String::from_utf8_lossy(&buf[off + 5..off + total]),
                         "setting zoneguard.* session variables failed"
                     ),
                     _ => {}
                 }
+                out.extend_from_slice(&buf[..off]);
+                buf.advance(off + total);
+                off = 0;
                 continue;
             }
-            match frame.tag() {
-                b'S' if standard_strings_off(frame.body()) => {
+            match tag {
+                b'S' if standard_strings_off(&buf[off + 5..off + total]) => {
                     let msg = protocol::error_response(
                         Severity::Fatal,
                         "0A000",
                         "zoneguard requires standard_conforming_strings = on",
                         Some("With it off, backslashes in strings change where a string ends, and the guard could misread a statement. Set it back to on for this role and database."),
                     );
+                    out.extend_from_slice(&buf[..off]);
                     let _ = cw.write_all(&out).await;
                     let _ = cw.write_all(&msg).await;
                     let _ = cw.shutdown().await;
@@ -556,8 +566,11 @@ async fn server_to_client(
                 b'E' => {
                     let mut r = rejections.lock().unwrap();
                     if r.has_pending() {
-                        if let Some(ours) = r.rewrite_error(&frame.raw) {
+                        if let Some(ours) = r.rewrite_error(&buf[off..off + total]) {
+                            out.extend_from_slice(&buf[..off]);
                             out.extend_from_slice(&ours);
+                            buf.advance(off + total);
+                            off = 0;
                             continue;
                         }
                     }
@@ -565,11 +578,26 @@ async fn server_to_client(
                 b'Z' => {
                     let mut r = rejections.lock().unwrap();
                     r.on_ready();
-                    r.status = frame.body().first().copied().unwrap_or(b'I');
+                    r.status = buf.get(off + 5).copied().unwrap_or(b'I');
                 }
                 _ => {}
             }
-            out.extend_from_slice(&frame.raw);
+            off += total;
+        }
+        if out.is_empty() {
+            if off > 0 && cw.write_all(&buf[..off]).await.is_err() {
+                return;
+            }
+        } else {
+            out.extend_from_slice(&buf[..off]);
+        }
+        buf.advance(off);
+        // Room for a large message that is still arriving.
+        if let Ok(None) = protocol::peek_frame_len(&buf, MAX_SERVER_MESSAGE) {
+            if buf.len() >= 5 {
+                let total = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize + 1;
+                buf.reserve(total - buf.len());
+            }
         }
         if !out.is_empty() {
             if cw.write_all(&out).await.is_err() {

@@ -1,0 +1,478 @@
+//! End-to-end benchmark: pgbench against PostgreSQL directly, through
+//! PgBouncer (session mode) and through zoneguard (release binary, a child
+//! process), in interleaved rounds.
+//!
+//! `cargo bench --bench pgbench`. Environment: BENCH_SECONDS (per run,
+//! default 8), BENCH_ROUNDS (default 3), BENCH_SCALE (default 10),
+//! BENCH_IDLE (idle connections for the RSS probe, default 500),
+//! ZONEGUARD_BIN (another zoneguard binary, e.g. an older build).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use zoneguard::cluster::{free_port, Cluster};
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn wait_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing listens on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat; index 11 and 12 after the command name.
+    (t(11) + t(12)) / 100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Target {
+    name: &'static str,
+    port: u16,
+    /// The proxy's process, for CPU and RSS.
+    pid: Option<u32>,
+}
+
+struct PgBouncer {
+    child: Child,
+    pid: u32,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_pgbouncer() -> Option<PathBuf> {
+    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn start_pgbouncer(pg_port: u16) -> Option<PgBouncer> {
+    let bin = find_pgbouncer().or_else(|| {
+        eprintln!("pgbouncer not found: trying apt-get install -y pgbouncer");
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "pgbouncer"])
+            .stdout(Stdio::null())
+            .status();
+        find_pgbouncer()
+    })?;
+    let dir = tempfile::Builder::new().prefix("zg-pgb-").tempdir().ok()?;
+    let port = free_port().ok()?;
+    let d = dir.path().display();
+    std::fs::write(dir.path().join("userlist.txt"), "\"postgres\" \"\"\n").ok()?;
+    let ini = format!(
+        "[databases]\nbench = host=127.0.0.1 port={pg_port} dbname=bench\n\n[pgbouncer]\n\
+         listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+         auth_type = trust\nauth_file = {d}/userlist.txt\npool_mode = session\n\
+         max_client_conn = 2000\ndefault_pool_size = 650\nlogfile = {d}/pgbouncer.log\n\
+         pidfile = {d}/pgbouncer.pid\nignore_startup_parameters = extra_float_digits\n"
+    );
+    let ini_path = dir.path().join("pgbouncer.ini");
+    std::fs::write(&ini_path, ini).ok()?;
+    let mut cmd = if is_root() {
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:"])
+            .arg(dir.path())
+            .status();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    cmd.arg(&ini_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().ok()?;
+    let pid = child.id();
+    wait_port(port);
+    Some(PgBouncer {
+        child,
+        pid,
+        port,
+        _dir: dir,
+    })
+}
+
+struct ZoneGuard {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ZoneGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_zoneguard(pg_port: u16) -> ZoneGuard {
+    let bin = std::env::var("ZONEGUARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_zoneguard")));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    // pgbench's tables form a writable zone, so TPC-B's writes are allowed;
+    // every statement is still classified and judged.
+    let policy = format!(
+        r#"[proxy]
+listen = "127.0.0.1:{port}"
+upstream = "127.0.0.1:{pg_port}"
+max_clients = 2000
+
+[audit]
+file = "{audit}"
+
+[zones.legacy]
+tables = ["users", "transactions"]
+
+[zones.bench]
+tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+
+[[rules]]
+name = "legacy-read-only"
+zone = "legacy"
+allow = ["read"]
+
+[[rules]]
+name = "bench-read-write"
+zone = "bench"
+allow = ["all"]
+
+[[rules]]
+name = "unlisted-read-only"
+zone = "unlisted"
+allow = ["read"]
+
+[defaults]
+allow = ["read"]
+"#,
+        audit = dir.path().join("audit.jsonl").display()
+    );
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let child = Command::new(&bin)
+        .arg("--policy")
+        .arg(&path)
+        .arg("--log-level")
+        .arg("warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    wait_port(port);
+    ZoneGuard {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+struct Run {
+    tps: f64,
+    latency_ms: f64,
+    cpu_us_per_txn: Option<f64>,
+}
+
+fn pgbench(port: u16, args: &[&str], secs: u64, pid: Option<u32>) -> Run {
+    let cpu0 = pid.map(cpu_secs);
+    let out = Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+        ])
+        .args(["-T", &secs.to_string()])
+        .args(args)
+        .arg("bench")
+        .output()
+        .expect("run pgbench");
+    let cpu1 = pid.map(cpu_secs);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.parse::<f64>().ok()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "pgbench {args:?} on port {port}: no {prefix:?} in output:\n{text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    };
+    let tps = find("tps =");
+    let latency_ms = find("latency average =");
+    let txns = find("number of transactions actually processed:");
+    let cpu_us_per_txn = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if txns > 0.0 => Some((b - a) * 1e6 / txns),
+        _ => None,
+    };
+    Run {
+        tps,
+        latency_ms,
+        cpu_us_per_txn,
+    }
+}
+
+/// Opens `n` idle sessions through `port` (startup, wait for ReadyForQuery)
+/// and returns the RSS growth of `pid` per session, in KiB.
+fn idle_rss_per_conn(port: u16, pid: u32, n: usize) -> f64 {
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(pid);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [("user", "postgres"), ("database", "bench")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&body);
+        s.write_all(&msg).unwrap();
+        // Read messages until ReadyForQuery.
+        loop {
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head).expect("startup reply");
+            let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+            let mut rest = vec![0u8; len - 4];
+            s.read_exact(&mut rest).unwrap();
+            assert_ne!(head[0], b'E', "startup failed on port {port}");
+            if head[0] == b'Z' {
+                break;
+            }
+        }
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    for mut s in conns {
+        let _ = s.write_all(&[b'X', 0, 0, 0, 4]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    (after as f64 - before as f64) / n as f64
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; ignore arguments.
+    let secs = env_num("BENCH_SECONDS", 8);
+    let rounds = env_num("BENCH_ROUNDS", 3);
+    let scale = env_num("BENCH_SCALE", 10);
+    let idle = env_num("BENCH_IDLE", 500) as usize;
+
+    eprintln!("starting a throwaway PostgreSQL ...");
+    let cluster = Cluster::start().expect("start PostgreSQL");
+    cluster
+        .psql("postgres", "CREATE DATABASE bench")
+        .expect("create bench db");
+    let st = Command::new("pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-i", "-q", "-s", &scale.to_string(), "bench"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("pgbench -i");
+    assert!(st.success(), "pgbench -i failed");
+
+    let bouncer = start_pgbouncer(cluster.port());
+    if bouncer.is_none() {
+        eprintln!("PgBouncer unavailable: its columns are skipped");
+    }
+    let zg = start_zoneguard(cluster.port());
+    let mut targets = vec![Target {
+        name: "direct",
+        port: cluster.port(),
+        pid: None,
+    }];
+    if let Some(b) = &bouncer {
+        targets.push(Target {
+            name: "pgbouncer",
+            port: b.port,
+            pid: Some(b.pid),
+        });
+    }
+    targets.push(Target {
+        name: "zoneguard",
+        port: zg.port,
+        pid: Some(zg.child.id()),
+    });
+
+    let workloads: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "-S -c8 simple",
+            vec!["-S", "-c", "8", "-j", "2", "-M", "simple"],
+        ),
+        (
+            "-S -c8 extended",
+            vec!["-S", "-c", "8", "-j", "2", "-M", "extended"],
+        ),
+        (
+            "-S -c8 prepared",
+            vec!["-S", "-c", "8", "-j", "2", "-M", "prepared"],
+        ),
+        ("-S -c1 (latency)", vec!["-S", "-c", "1"]),
+        ("TPC-B -c8", vec!["-c", "8", "-j", "2"]),
+    ];
+    let est = rounds * workloads.len() as u64 * targets.len() as u64 * (secs + 1);
+    eprintln!(
+        "{rounds} rounds x {} workloads x {} targets x {secs}s: about {est}s",
+        workloads.len(),
+        targets.len()
+    );
+    // (workload, target) -> runs
+    let mut results: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (wi, (wname, args)) in workloads.iter().enumerate() {
+            // Rotate the order so no target always runs first.
+            for k in 0..targets.len() {
+                let ti = (k + round as usize + wi) % targets.len();
+                let t = &targets[ti];
+                let r = pgbench(t.port, args, secs, t.pid);
+                eprintln!(
+                    "round {} {wname:<18} {:<10} tps {:>9.0}  lat {:.3} ms  cpu {}",
+                    round + 1,
+                    t.name,
+                    r.tps,
+                    r.latency_ms,
+                    r.cpu_us_per_txn
+                        .map(|c| format!("{c:.1} us/txn"))
+                        .unwrap_or_default()
+                );
+                results.entry((wi, ti)).or_default().push(r);
+            }
+        }
+    }
+
+    let mut rss = BTreeMap::new();
+    for (ti, t) in targets.iter().enumerate() {
+        if let Some(pid) = t.pid {
+            rss.insert(ti, idle_rss_per_conn(t.port, pid, idle));
+        }
+    }
+
+    println!();
+    println!(
+        "pgbench, scale {scale}, {secs}s per run, medians of {rounds} interleaved rounds (2-core machine shared with other builds: noisy)"
+    );
+    println!(
+        "| workload | target | TPS | latency ms | vs direct | vs PgBouncer | CPU µs/txn (proxy) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let bouncer_idx = targets.iter().position(|t| t.name == "pgbouncer");
+    for (wi, (wname, _)) in workloads.iter().enumerate() {
+        let med = |ti: usize, f: fn(&Run) -> Option<f64>| -> f64 {
+            let mut v: Vec<f64> = results
+                .get(&(wi, ti))
+                .map(|rs| rs.iter().filter_map(f).collect())
+                .unwrap_or_default();
+            median(&mut v)
+        };
+        let direct_tps = med(0, |r| Some(r.tps));
+        let direct_lat = med(0, |r| Some(r.latency_ms));
+        for (ti, t) in targets.iter().enumerate() {
+            let tps = med(ti, |r| Some(r.tps));
+            let lat = med(ti, |r| Some(r.latency_ms));
+            let cpu = med(ti, |r| r.cpu_us_per_txn);
+            let vs_b = bouncer_idx
+                .map(|b| format!("{:.2}", tps / med(b, |r| Some(r.tps))))
+                .unwrap_or_else(|| "-".into());
+            let extra = if wname.contains("latency") && ti > 0 {
+                format!(" (+{:.0} µs)", (lat - direct_lat) * 1000.0)
+            } else {
+                String::new()
+            };
+            println!(
+                "| {wname} | {} | {tps:.0} | {lat:.3}{extra} | {:.2} | {vs_b} | {} |",
+                t.name,
+                tps / direct_tps,
+                if cpu.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{cpu:.1}")
+                }
+            );
+        }
+    }
+    println!();
+    println!("| proxy | RSS per idle client ({idle} open) |");
+    println!("|---|---:|");
+    for (ti, kib) in &rss {
+        println!("| {} | {kib:.1} KiB |", targets[*ti].name);
+    }
+    drop(zg);
+    drop(bouncer);
+    drop(cluster);
+}

@@ -1,0 +1,439 @@
+//! The classification cache: owns remembering `classify()` results by
+//! statement text (bounded, shared by all sessions), and the literal
+//! normalisation that lets statements differing only in harmless literals
+//! share one entry.
+//!
+//! Classification is a pure function of the text, so an exact-text key is
+//! always correct. A normalised key (numeric and standard `'...'` literals
+//! replaced by a marker) is used only where the literal is an operand of an
+//! arithmetic/comparison operator or an item of a `VALUES (...)` / `IN (...)`
+//! list, in a plain DML statement with no comments, dollar quotes, escape
+//! strings, backslashes or mention of `standard_conforming_strings`: there
+//! the parser reads the literal as a value expression whatever it holds, and
+//! the classifier never looks at value expressions. As a second line of
+//! defence, a result that says "unparsed" is never stored under a normalised
+//! key (its reason text may quote the literal).
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+
+use crate::classify::{self, Special, StatementInfo};
+
+/// Statements longer than this are classified without the cache.
+pub const MAX_KEY_BYTES: usize = 4096;
+const SHARDS: usize = 16;
+
+/// A bounded, sharded cache from statement text to its classification.
+/// Each shard evicts with the CLOCK algorithm (second chance).
+pub struct ClassifyCache {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+}
+
+struct Shard {
+    map: HashMap<Arc<str>, usize>,
+    slots: Vec<Slot>,
+    hand: usize,
+    cap: usize,
+}
+
+struct Slot {
+    key: Arc<str>,
+    value: Arc<Vec<StatementInfo>>,
+    referenced: bool,
+}
+
+impl Shard {
+    fn get(&mut self, key: &str) -> Option<Arc<Vec<StatementInfo>>> {
+        let i = *self.map.get(key)?;
+        let slot = &mut self.slots[i];
+        slot.referenced = true;
+        Some(slot.value.clone())
+    }
+
+    fn insert(&mut self, key: Arc<str>, value: Arc<Vec<StatementInfo>>) {
+        if let Some(&i) = self.map.get(&*key) {
+            self.slots[i].value = value;
+            return;
+        }
+        if self.slots.len() < self.cap {
+            self.map.insert(key.clone(), self.slots.len());
+            self.slots.push(Slot {
+                key,
+                value,
+                referenced: false,
+            });
+            return;
+        }
+        loop {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            if self.slots[i].referenced {
+                self.slots[i].referenced = false;
+                continue;
+            }
+            self.map.remove(&*self.slots[i].key);
+            self.map.insert(key.clone(), i);
+            self.slots[i] = Slot {
+                key,
+                value,
+                referenced: false,
+            };
+            return;
+        }
+    }
+}
+
+impl Default for ClassifyCache {
+    fn default() -> Self {
+        Self::new(4096)
+    }
+}
+
+impl ClassifyCache {
+    /// A cache holding at most about `capacity` statements.
+    pub fn new(capacity: usize) -> Self {
+        let cap = capacity.div_ceil(SHARDS).max(1);
+        ClassifyCache {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::with_capacity(cap),
+                        slots: Vec::with_capacity(cap),
+                        hand: 0,
+                        cap,
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<Vec<StatementInfo>>> {
+        self.shard(key).lock().unwrap().get(key)
+    }
+
+    fn insert(&self, key: String, value: Arc<Vec<StatementInfo>>) {
+        let key: Arc<str> = key.into();
+        self.shard(&key).lock().unwrap().insert(key, value);
+    }
+
+    /// Number of cached statements.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap().slots.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Same result as [`classify::classify`], from the cache when possible.
+    pub fn classify(&self, sql: &str) -> Arc<Vec<StatementInfo>> {
+        if sql.len() > MAX_KEY_BYTES {
+            return Arc::new(classify::classify(sql));
+        }
+        let exact = || {
+            let mut k = String::with_capacity(sql.len() + 1);
+            k.push('X');
+            k.push_str(sql);
+            k
+        };
+        match normalize(sql) {
+            Some(norm) => {
+                if let Some(v) = self.get(&norm) {
+                    return v;
+                }
+                let exact = exact();
+                if let Some(v) = self.get(&exact) {
+                    return v;
+                }
+                let v = Arc::new(classify::classify(sql));
+                if has_unparsed(&v) {
+                    self.insert(exact, v.clone());
+                } else {
+                    self.insert(norm, v.clone());
+                }
+                v
+            }
+            None => {
+                let exact = exact();
+                if let Some(v) = self.get(&exact) {
+                    return v;
+                }
+                let v = Arc::new(classify::classify(sql));
+                self.insert(exact, v.clone());
+                v
+            }
+        }
+    }
+}
+
+fn has_unparsed(v: &[StatementInfo]) -> bool {
+    v.iter().any(|s| {
+        s.specials
+            .iter()
+            .any(|sp| matches!(sp, Special::Unparsed { .. }))
+            || s.prepares
+                .as_ref()
+                .is_some_and(|p| has_unparsed(std::slice::from_ref(&*p.body)))
+    })
+}
+
+/// Statement kinds whose literals may be normalised.
+const DML_STARTS: [&str; 6] = ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES"];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    /// Start of text, a word, a literal, `]`, `.`, ...: a literal here is not
+    /// known to be a plain value.
+    Other,
+    /// An arithmetic or comparison operator character.
+    Op,
+    /// `(` or `,` directly inside a `VALUES (` / `IN (` list.
+    ListItem,
+    /// A `,` outside such a list, right after the `)` that closed one
+    /// (`VALUES (1), (2)`).
+    CommaAfterList,
+    /// A `(` that opens no list, or a `,` in one.
+    Open,
+    Close {
+        list: bool,
+    },
+    Word,
+}
+
+/// The cache key for `sql` with value literals replaced by markers, or `None`
+/// if `sql` must be keyed exactly. Normalised keys start with `N`, exact ones
+/// with `X`, so the two never collide; markers contain NUL, which a protocol
+/// string cannot.
+pub fn normalize(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    if b.contains(&0) || b.contains(&b'\\') {
+        return None;
+    }
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?;
+    if !DML_STARTS.iter().any(|k| first.eq_ignore_ascii_case(k)) {
+        return None;
+    }
+    let lower = sql.to_ascii_lowercase();
+    if lower.contains("standard_conforming") || lower.contains("escape_string") {
+        return None;
+    }
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    let mut out = String::with_capacity(sql.len() + 1);
+    out.push('N');
+    let mut lists: Vec<bool> = Vec::new();
+    let mut last = Last::Other;
+    let mut last_word = "";
+    let mut i = 0;
+    let mut replaced = false;
+    while i < b.len() {
+        let c = b[i];
+        let prev = if i > 0 { b[i - 1] } else { b' ' };
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0c => {
+                out.push(c as char);
+                i += 1;
+                continue;
+            }
+            _ if !c.is_ascii() || c.is_ascii_control() => return None,
+            b'-' if b.get(i + 1) == Some(&b'-') => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            b'$' if !b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
+            b';' => {
+                if !sql[i + 1..].trim().is_empty() {
+                    return None;
+                }
+                out.push_str(&sql[i..]);
+                break;
+            }
+            b'"' => {
+                let end = quoted_end(b, i, b'"')?;
+                out.push_str(&sql[i..end]);
+                i = end;
+                last = Last::Other;
+                continue;
+            }
+            b'\'' => {
+                if ident(prev) || prev == b'&' || prev == b'\'' {
+                    return None;
+                }
+                let end = quoted_end(b, i, b'\'')?;
+                if matches!(last, Last::Op | Last::ListItem) {
+                    out.push_str("\0s");
+                    replaced = true;
+                } else {
+                    out.push_str(&sql[i..end]);
+                }
+                i = end;
+                last = Last::Other;
+                continue;
+            }
+            b'0'..=b'9' if ident(prev) || prev == b'.' => {
+                // Part of a word or a `$n` parameter.
+                let end = i + b[i..].iter().take_while(|&&c| ident(c)).count();
+                out.push_str(&sql[i..end]);
+                i = end;
+                continue;
+            }
+            b'0'..=b'9' => {
+                let end = number_end(b, i)?;
+                if matches!(last, Last::Op | Last::ListItem) {
+                    out.push_str("\0n");
+                    replaced = true;
+                } else {
+                    out.push_str(&sql[i..end]);
+                }
+                i = end;
+                last = Last::Other;
+                continue;
+            }
+            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) && !ident(prev) => return None,
+            _ if ident(c) => {
+                let end = i + b[i..].iter().take_while(|&&c| ident(c)).count();
+                last_word = &sql[i..end];
+                out.push_str(last_word);
+                i = end;
+                last = Last::Word;
+                continue;
+            }
+            b'(' => {
+                let list = (last == Last::Word
+                    && (last_word.eq_ignore_ascii_case("values")
+                        || last_word.eq_ignore_ascii_case("in")))
+                    || last == Last::CommaAfterList;
+                lists.push(list);
+                last = if list { Last::ListItem } else { Last::Open };
+            }
+            b')' => {
+                let list = lists.pop().unwrap_or(false);
+                last = Last::Close { list };
+            }
+            b',' => {
+                last = if lists.last() == Some(&true) {
+                    Last::ListItem
+                } else if last == (Last::Close { list: true }) {
+                    Last::CommaAfterList
+                } else {
+                    Last::Open
+                };
+            }
+            b'=' | b'<' | b'>' | b'+' | b'-' | b'*' | b'/' | b'%' | b'!' => last = Last::Op,
+            _ => last = Last::Other,
+        }
+        out.push(c as char);
+        i += 1;
+    }
+    replaced.then_some(out)
+}
+
+/// End (exclusive) of the quoted string or identifier starting at `start`;
+/// a doubled quote is part of it.
+fn quoted_end(b: &[u8], start: usize, q: u8) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        let off = b[i..].iter().position(|&c| c == q)?;
+        i += off + 1;
+        if b.get(i) == Some(&q) {
+            i += 1;
+            continue;
+        }
+        return Some(i);
+    }
+}
+
+/// End of a plain decimal number (`12`, `1.5`, `2e10`); `None` for anything
+/// followed by a letter, digit, `_`, `$`, `.` or a quote (`0x1f`, `1_000`,
+/// `1.2.3`), which stays exact.
+fn number_end(b: &[u8], start: usize) -> Option<usize> {
+    let digits = |i: usize| b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = start + digits(start);
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        i += digits(i);
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let mut j = i + 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        let n = digits(j);
+        if n == 0 {
+            return None;
+        }
+        i = j + n;
+    }
+    match b.get(i) {
+        Some(&c) if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'$' | b'.' | b'\'' | b'"') => {
+            None
+        }
+        _ => Some(i),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_statements_normalise() {
+        let a = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;").unwrap();
+        let b = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 7;").unwrap();
+        assert_eq!(a, b);
+        let a =
+            normalize("UPDATE pgbench_accounts SET abalance = abalance + -3906 WHERE aid = 86532;");
+        let b = normalize("UPDATE pgbench_accounts SET abalance = abalance + -12 WHERE aid = 1;");
+        assert_eq!(a.unwrap(), b.unwrap());
+        let a = normalize("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (5, 1, 8, -3906, CURRENT_TIMESTAMP);");
+        let b = normalize("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (9, 2, 1, -3, CURRENT_TIMESTAMP);");
+        assert_eq!(a.unwrap(), b.unwrap());
+    }
+
+    #[test]
+    fn literals_that_matter_stay_exact() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "EXPLAIN (ANALYZE 0) UPDATE users SET name = 'x'",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT 1 -- = 2",
+            "SELECT $$x$$ = 'a'",
+            "SELECT E'\\'' = 'a'",
+            "VACUUM (FULL 0) users",
+            "SELECT 1; UPDATE users SET id = 1",
+        ] {
+            assert!(normalize(sql).is_none(), "{sql}");
+        }
+        // Type modifiers and function arguments are not operands.
+        let a = normalize("SELECT x::numeric(10, 2) = 1").unwrap();
+        let b = normalize("SELECT x::numeric(99999999999999999999999, 2) = 1").unwrap();
+        assert_ne!(a, b);
+        let a = normalize("SELECT f(1) = 1").unwrap();
+        let b = normalize("SELECT f(2) = 1").unwrap();
+        assert_ne!(a, b);
+        let a = normalize("SELECT 1 FROM t LIMIT 5 OFFSET 0 = 0");
+        let b = normalize("SELECT 1 FROM t LIMIT 6 OFFSET 0 = 0");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn clock_evicts_within_bound() {
+        let c = ClassifyCache::new(32);
+        for i in 0..500 {
+            c.classify(&format!("SELECT c{i} FROM t"));
+        }
+        assert!(c.len() <= 32);
+    }
+}
