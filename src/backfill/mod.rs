@@ -1,4 +1,4 @@
-//! The backfill (issue 4): give existing customers their entitlements.
+//! The backfill: give existing customers their entitlements.
 //! Reads PAID legacy transactions in a paid_at window, maps each product to
 //! its SKU(s) with a CSV file, and writes one entitlement per (transaction,
 //! SKU) through the guard, idempotently and in resumable batches. This
