@@ -11,10 +11,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::audit::{self, AuditRecord, SessionInfo};
-use crate::classify::{Deallocate, StatementInfo};
+use crate::classify::{Deallocate, Special, StatementInfo};
 use crate::policy::{Denial, Facts, Verdict};
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
 use crate::reject::Rejections;
@@ -138,6 +138,7 @@ async fn relay(
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let rejections = Arc::new(Mutex::new(Rejections::new(&guard.nonce)));
+    let ready = Arc::new(Notify::new());
     let (fatal_tx, fatal_rx) = mpsc::channel::<Bytes>(1);
     let mut c2s = ClientSide {
         guard: guard.clone(),
@@ -147,9 +148,12 @@ async fn relay(
         switches_applied: 0,
         parsed: HashMap::new(),
         unsynced: false,
+        barrier_pending: false,
+        barrier_at_sync: false,
+        ready: ready.clone(),
     };
     let c2s = c2s.run(cr, uw, fatal_tx);
-    let s2c = server_to_client(&guard, ur, cw, rejections, fatal_rx);
+    let s2c = server_to_client(&guard, ur, cw, rejections, fatal_rx, ready);
     tokio::pin!(c2s, s2c);
     tokio::select! {
         _ = &mut s2c => {}
@@ -184,6 +188,15 @@ struct ClientSide {
     /// is inside a batch (perhaps skipping to Sync after an error), so the
     /// guard must not slip a Query of its own in.
     unsynced: bool,
+    /// A statement that may change how strings are read was allowed (see
+    /// `Special::StringSyntaxBarrier`): nothing sent after it is judged until
+    /// the server has answered it, so a changed standard_conforming_strings
+    /// is seen (and closes the session) before it could matter.
+    barrier_pending: bool,
+    /// Such a statement came in an extended batch: wait at its Sync.
+    barrier_at_sync: bool,
+    /// Notified by the server half on every ReadyForQuery.
+    ready: Arc<Notify>,
 }
 
 impl ClientSide {
@@ -288,6 +301,22 @@ impl ClientSide {
                     let _ = uw.shutdown().await;
                     return ClientEnd::Gone;
                 }
+                let wait = match frame.tag() {
+                    b'Q' | b'F' => std::mem::take(&mut self.barrier_pending),
+                    b'P' => {
+                        self.barrier_at_sync |= std::mem::take(&mut self.barrier_pending);
+                        false
+                    }
+                    b'S' => std::mem::take(&mut self.barrier_at_sync),
+                    _ => false,
+                };
+                if wait {
+                    if uw.write_all(&out).await.is_err() {
+                        return ClientEnd::Gone;
+                    }
+                    out.clear();
+                    self.wait_until_answered().await;
+                }
             }
             if !out.is_empty() {
                 if uw.write_all(&out).await.is_err() {
@@ -321,7 +350,12 @@ impl ClientSide {
                 let msg = protocol::parse_message(frame.body())?;
                 let sql = String::from_utf8_lossy(msg.query);
                 let generation = self.guard.runtime.load().generation;
-                match self.judge_sql(&sql) {
+                let verdict = if self.barrier_at_sync {
+                    Some(pipelined_after_barrier())
+                } else {
+                    self.judge_sql(&sql)
+                };
+                match verdict {
                     Some(denial) => {
                         self.parsed.remove(msg.name);
                         let replacement = self.reject(denial, "extended", &sql).await;
@@ -390,6 +424,19 @@ impl ClientSide {
         }
     }
 
+    /// Waits until the server owes no ReadyForQuery.
+    async fn wait_until_answered(&self) {
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.rejections.lock().unwrap().idle() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Classifies and judges every statement of `sql`; the first denial wins.
     fn judge_sql(&mut self, sql: &str) -> Option<Denial> {
         let runtime = self.guard.runtime.load();
@@ -415,6 +462,9 @@ impl ClientSide {
             std::sync::atomic::Ordering::Relaxed,
         );
         for st in statements.iter() {
+            if st.specials.contains(&Special::StringSyntaxBarrier) {
+                self.barrier_pending = true;
+            }
             if st.command == "DISCARD" || st.command == "RESET" {
                 // DISCARD ALL / RESET ALL wipe the zoneguard.* variables.
                 self.switches_applied = 0;
@@ -467,6 +517,19 @@ impl ClientSide {
     }
 }
 
+/// A Parse pipelined after a possible change of string syntax, before Sync.
+fn pipelined_after_barrier() -> Denial {
+    Denial {
+        operation: "PARSE".into(),
+        table: None,
+        zone: None,
+        rule: "string_syntax".into(),
+        sqlstate: crate::policy::SQLSTATE_REJECTED,
+        message: "statement rejected: it was pipelined after a set_config() call that may change how strings are read, in the same batch".into(),
+        hint: "Send a Sync after the set_config() call before sending more statements.".into(),
+    }
+}
+
 /// Whether a ParameterStatus body reports standard_conforming_strings off.
 fn standard_strings_off(body: &[u8]) -> bool {
     let mut b = body;
@@ -482,6 +545,7 @@ async fn server_to_client(
     mut cw: OwnedWriteHalf,
     rejections: Arc<Mutex<Rejections>>,
     mut fatal: mpsc::Receiver<Bytes>,
+    ready: Arc<Notify>,
 ) {
     let _ = guard;
     let mut buf = BytesMut::with_capacity(8 * 1024);
@@ -537,7 +601,10 @@ async fn server_to_client(
             if rejections.lock().unwrap().swallowing() {
                 // Replies to the guard's own Query: not relayed.
                 match tag {
-                    b'Z' => rejections.lock().unwrap().on_ready(),
+                    b'Z' => {
+                        rejections.lock().unwrap().on_ready();
+                        ready.notify_waiters();
+                    }
                     b'E' => tracing::warn!(
                         error = %String::from_utf8_lossy(&buf[off + 5..off + total]),
                         "setting zoneguard.* session variables failed"
@@ -579,6 +646,8 @@ async fn server_to_client(
                     let mut r = rejections.lock().unwrap();
                     r.on_ready();
                     r.status = buf.get(off + 5).copied().unwrap_or(b'I');
+                    drop(r);
+                    ready.notify_waiters();
                 }
                 _ => {}
             }

@@ -94,3 +94,28 @@ async fn psycopg_simple_extended_prepared_and_pipeline() {
     assert!(audit.iter().any(|r| r["protocol"] == "simple"));
     assert!(audit.iter().any(|r| r["protocol"] == "extended"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_works_through_the_guard() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let url = g.url("app", &db);
+    let pg_dump = cluster().bindir().join("pg_dump");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(pg_dump)
+            .args(["--no-owner", "-t", "users", "-t", "transactions", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dump.contains("CREATE TABLE public.users"), "{dump}");
+    assert!(dump.contains("budi@example.com"));
+    assert!(g.audit().is_empty(), "{:?}", g.audit());
+}

@@ -478,3 +478,38 @@ async fn a_server_that_goes_away_gives_an_error_not_a_hang() {
     let other = g.connect("app", &db).await;
     assert_eq!(count(&other, "SELECT count(*) FROM users").await, 5);
 }
+
+#[tokio::test]
+async fn turning_standard_conforming_strings_off_ends_the_session_before_more_is_run() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let before = legacy_snapshot(&direct(&db).await).await;
+    let mut s = raw_session(&g, &db).await;
+    // The first query turns the setting off through a name the guard cannot
+    // read; the second, pipelined right behind it, is harmless with the
+    // setting on (a string and a dollar-quoted string) but would run a
+    // DELETE if the server read it with the setting off.
+    let mut out = msg(
+        b'Q',
+        b"SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'standard_conforming_strings'\0",
+    );
+    out.extend(msg(
+        b'Q',
+        b"SELECT 'a\\' , $$x' ; DELETE FROM users; --$$\0",
+    ));
+    s.write_all(&out).await.unwrap();
+    let reply = read_to_end(&mut s).await;
+    assert!(reply.windows(6).any(|w| w == b"C0A000"), "{reply:?}");
+    let text = String::from_utf8_lossy(&reply);
+    assert!(text.contains("standard_conforming_strings"), "{text}");
+    assert_eq!(legacy_snapshot(&direct(&db).await).await, before);
+    // SET of it directly is refused outright.
+    let app = g.connect("app", &db).await;
+    assert_eq!(
+        sqlstate(
+            app.batch_execute("SET standard_conforming_strings = off")
+                .await
+        ),
+        "42501"
+    );
+}

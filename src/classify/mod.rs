@@ -106,6 +106,12 @@ pub enum Special {
     /// write (a write keyword outside strings and comments, a tokenizer
     /// failure, an unknown statement type); `reason` says what went wrong.
     Unparsed { may_write: bool, reason: String },
+    /// `set_config(expr, ...)` whose setting name is not a literal (pg_dump
+    /// does this): it might turn `standard_conforming_strings` off, which
+    /// changes where strings end in every later statement. Allowed, but the
+    /// session lets the server answer it (and report the setting) before the
+    /// guard judges anything sent after it.
+    StringSyntaxBarrier,
 }
 
 /// A `PREPARE name AS body` statement's body, kept so that a later

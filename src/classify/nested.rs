@@ -11,6 +11,7 @@ use sqlparser::ast::{
 };
 
 use super::walk::{name_parts, Walker};
+use super::Special;
 
 impl Walker {
     /// Visit an AST fragment that is not walked structurally, reporting the
@@ -44,12 +45,19 @@ impl Walker {
             },
             _ => None,
         };
-        let safe = literal.is_some_and(|s| {
-            let s = s.trim().to_ascii_lowercase();
-            s != "standard_conforming_strings" && s != "escape_string_warning"
-        });
-        if !safe {
-            self.unparsed("set_config may change how string literals are read");
+        match literal {
+            // A name the guard cannot read: let the server answer first.
+            None => {
+                if !self.specials.contains(&Special::StringSyntaxBarrier) {
+                    self.specials.push(Special::StringSyntaxBarrier);
+                }
+            }
+            Some(s) => {
+                let s = s.trim().to_ascii_lowercase();
+                if s == "standard_conforming_strings" || s == "escape_string_warning" {
+                    self.unparsed("set_config may change how string literals are read");
+                }
+            }
         }
     }
 }
