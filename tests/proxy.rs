@@ -495,7 +495,7 @@ async fn turning_standard_conforming_strings_off_ends_the_session_before_more_is
     );
     out.extend(msg(
         b'Q',
-        b"SELECT 'a\\' , $$x' ; DELETE FROM users; --$$\0",
+        b"SELECT 'a\\' , $$x' ; DELETE FROM user_assessments; --$$\0",
     ));
     s.write_all(&out).await.unwrap();
     let reply = read_to_end(&mut s).await;
