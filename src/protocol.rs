@@ -165,28 +165,23 @@ pub fn peek_frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolE
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Makes room in `buf` for the rest of a frame whose header (already
+/// validated by [`peek_frame_len`]) has arrived but whose body has not.
+pub fn reserve_for_frame(buf: &mut BytesMut) {
+    if buf.len() >= 5 {
+        let total = i32::from_be_bytes(buf[1..5].try_into().unwrap()).max(4) as usize + 1;
+        buf.reserve(total.saturating_sub(buf.len()));
+    }
+}
+
 /// Splits the next complete frame off `buf`: `Ok(None)` when more bytes are
 /// needed (after reserving room for them), an error for a length that no
 /// valid message has or that exceeds `max`.
 pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, ProtocolError> {
-    if buf.len() < 5 {
+    let Some(total) = peek_frame_len(buf, max)? else {
+        reserve_for_frame(buf);
         return Ok(None);
-    }
-    let len = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as i64;
-    if len < 4 {
-        return Err(ProtocolError::BadLength {
-            tag: buf[0] as char,
-            len,
-        });
-    }
-    let total = len as usize + 1;
-    if total > max {
-        return Err(ProtocolError::TooLarge { len: total, max });
-    }
-    if buf.len() < total {
-        buf.reserve(total - buf.len());
-        return Ok(None);
-    }
+    };
     Ok(Some(Frame {
         raw: buf.split_to(total).freeze(),
     }))

@@ -663,10 +663,7 @@ async fn server_to_client(
         buf.advance(off);
         // Room for a large message that is still arriving.
         if let Ok(None) = protocol::peek_frame_len(&buf, MAX_SERVER_MESSAGE) {
-            if buf.len() >= 5 {
-                let total = i32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize + 1;
-                buf.reserve(total - buf.len());
-            }
+            protocol::reserve_for_frame(&mut buf);
         }
         if !out.is_empty() {
             if cw.write_all(&out).await.is_err() {
