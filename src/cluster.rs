@@ -18,7 +18,11 @@ pub enum ClusterError {
 }
 
 /// The seed's schema: the legacy zone and the new zone of the DMS document.
-pub const SCHEMA_SQL: &str = include_str!("sql/schema.sql");
+pub const SCHEMA_SQL: &str = concat!(
+    include_str!("sql/legacy.sql"),
+    "\n",
+    include_str!("sql/new_zone.sql")
+);
 /// A small set of sample rows for the demo and the tests.
 pub const SAMPLE_SQL: &str = include_str!("sql/sample.sql");
 

@@ -163,7 +163,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         .map_err(|e| anyhow::anyhow!("cannot inspect the schema: {}", pg_error(&e)))?;
     let (has_table, has_index): (bool, bool) = (row.get(0), row.get(1));
     if !has_table {
-        bail!("table entitlements does not exist: run `zoneguard backfill --ensure-schema` (or apply src/sql/schema.sql)");
+        bail!("table entitlements does not exist: run `zoneguard backfill --ensure-schema` (or apply src/sql/new_zone.sql)");
     }
     if !has_index {
         bail!("entitlements has no unique index on (source_trx_id, sku), which makes the backfill idempotent: run `zoneguard backfill --ensure-schema`");

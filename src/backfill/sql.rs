@@ -98,20 +98,6 @@ SELECT to_regclass('entitlements') IS NOT NULL,
                   WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey))
                  = ARRAY['sku', 'source_trx_id'])";
 
-/// The new-zone schema, as in src/sql/schema.sql, made re-runnable. Applied
-/// by `zoneguard backfill --ensure-schema`; DDL on new-zone tables is
-/// allowed by the shipped policy.
-pub const ENSURE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS entitlements (
-    id             bigserial PRIMARY KEY,
-    user_id        bigint NOT NULL REFERENCES users (id),
-    source_trx_id  bigint REFERENCES transactions (id),
-    sku            text NOT NULL,
-    status         text NOT NULL CHECK (status IN ('ACTIVE', 'COMPLETED', 'REVOKED')),
-    created_at     timestamptz NOT NULL DEFAULT now()
-);
-CREATE UNIQUE INDEX IF NOT EXISTS entitlements_source_sku ON entitlements (source_trx_id, sku);
-CREATE TABLE IF NOT EXISTS commission_rules (
-    id          bigserial PRIMARY KEY,
-    logic_json  jsonb NOT NULL
-);";
+/// The new-zone schema (re-runnable). Applied by `zoneguard backfill
+/// --ensure-schema`; DDL on new-zone tables is allowed by the shipped policy.
+pub const ENSURE_SCHEMA: &str = include_str!("../sql/new_zone.sql");
