@@ -1,172 +1,25 @@
-//! One client connection: the startup handshake, then two relays (client to
-//! server, server to client) that frame messages, judge what must be judged
-//! and pass everything else through as the bytes that arrived.
+//! The client-to-server half of a session: frames the client's messages,
+//! judges Query, Parse, Bind and FunctionCall, substitutes rejections, keeps
+//! the server's zoneguard.* variables current, and holds messages behind a
+//! string-syntax barrier.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
+use super::ClientEnd;
 use crate::audit::{self, AuditRecord, SessionInfo};
 use crate::classify::{Deallocate, Special, StatementInfo};
 use crate::policy::{Denial, Facts, Verdict};
-use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
+use crate::protocol::{self, ProtocolError, Severity};
 use crate::reject::Rejections;
 use crate::server::Guard;
 
-/// Largest message accepted from the server (PostgreSQL's own limit is 1 GB).
-const MAX_SERVER_MESSAGE: usize = 1 << 30;
-
-pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
-    let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
-    let startup = match tokio::time::timeout(timeout, startup_phase(&guard, &mut client)).await {
-        Err(_) => {
-            tracing::debug!(%peer, "startup timed out");
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "bad startup");
-            let msg = protocol::error_response(Severity::Fatal, "08P01", &e.to_string(), None);
-            let _ = client.write_all(&msg).await;
-            return;
-        }
-        Ok(Ok(None)) => return,
-        Ok(Ok(Some(s))) => s,
-    };
-    let info = SessionInfo {
-        id: guard.next_session_id(),
-        client_addr: peer,
-        user: startup.user().to_string(),
-        database: startup.database().to_string(),
-        application_name: startup.param("application_name").unwrap_or("").to_string(),
-    };
-    if startup.database() == crate::admin::DATABASE {
-        crate::admin::serve(guard, client, startup, info).await;
-        return;
-    }
-    let upstream = match connect_upstream(&guard).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(session = info.id, error = %e, "upstream unreachable");
-            let msg = protocol::error_response(
-                Severity::Fatal,
-                "08006",
-                &format!(
-                    "zoneguard could not connect to the database server at {}: {e}",
-                    guard.settings.proxy.upstream
-                ),
-                Some("Check that PostgreSQL is running and that [proxy] upstream in policy.toml points at it."),
-            );
-            let _ = client.write_all(&msg).await;
-            return;
-        }
-    };
-    tracing::debug!(session = info.id, user = %info.user, db = %info.database, "session start");
-    let id = info.id;
-    guard.clients_registry.lock().unwrap().insert(
-        id,
-        crate::server::ClientEntry {
-            user: info.user.clone(),
-            database: info.database.clone(),
-            application_name: info.application_name.clone(),
-            client_addr: info.client_addr.to_string(),
-            connected_at: audit::now_rfc3339(),
-        },
-    );
-    relay(guard.clone(), info, startup, client, upstream).await;
-    guard.clients_registry.lock().unwrap().remove(&id);
-}
-
-/// Answers SSLRequest and GSSENCRequest with `N`, forwards a CancelRequest,
-/// and returns the StartupMessage.
-async fn startup_phase(
-    guard: &Guard,
-    client: &mut TcpStream,
-) -> Result<Option<Startup>, ProtocolError> {
-    loop {
-        match protocol::read_first_packet(client).await? {
-            None => return Ok(None),
-            Some(FirstPacket::Ssl) | Some(FirstPacket::GssEnc) => client.write_all(b"N").await?,
-            Some(FirstPacket::Cancel(raw)) => {
-                // Forwarded as is: BackendKeyData passed through unchanged,
-                // so the key the client holds is the server's own.
-                if let Ok(mut up) = connect_upstream(guard).await {
-                    let _ = up.write_all(&raw).await;
-                    let mut sink = [0u8; 1];
-                    let _ = up.read(&mut sink).await;
-                }
-                return Ok(None);
-            }
-            Some(FirstPacket::Startup(s)) => return Ok(Some(s)),
-        }
-    }
-}
-
-async fn connect_upstream(guard: &Guard) -> std::io::Result<TcpStream> {
-    let dur = Duration::from_secs(guard.settings.proxy.connect_timeout_secs);
-    let s = tokio::time::timeout(dur, TcpStream::connect(&guard.settings.proxy.upstream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
-/// How the client-to-server half ended.
-enum ClientEnd {
-    /// Terminate, EOF or a broken socket: nothing more to tell the client.
-    Gone,
-    /// A protocol violation: the error was handed to the other half to send.
-    Fatal,
-}
-
-async fn relay(
-    guard: Arc<Guard>,
-    info: SessionInfo,
-    startup: Startup,
-    client: TcpStream,
-    mut upstream: TcpStream,
-) {
-    if upstream.write_all(&startup.raw).await.is_err() {
-        return;
-    }
-    let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    let rejections = Arc::new(Mutex::new(Rejections::new(&guard.nonce)));
-    let ready = Arc::new(Notify::new());
-    let (fatal_tx, fatal_rx) = mpsc::channel::<Bytes>(1);
-    let mut c2s = ClientSide {
-        guard: guard.clone(),
-        info,
-        prepared: HashMap::new(),
-        rejections: rejections.clone(),
-        switches_applied: 0,
-        parsed: HashMap::new(),
-        unsynced: false,
-        barrier_pending: false,
-        barrier_at_sync: false,
-        ready: ready.clone(),
-    };
-    let c2s = c2s.run(cr, uw, fatal_tx);
-    let s2c = server_to_client(&guard, ur, cw, rejections, fatal_rx, ready);
-    tokio::pin!(c2s, s2c);
-    tokio::select! {
-        _ = &mut s2c => {}
-        end = &mut c2s => {
-            if let ClientEnd::Fatal = end {
-                // Let the server half deliver the error, briefly.
-                let _ = tokio::time::timeout(Duration::from_secs(5), s2c).await;
-            }
-        }
-    }
-}
-
-struct ClientSide {
+pub(crate) struct ClientSide {
     guard: Arc<Guard>,
     info: SessionInfo,
     /// Bodies of SQL-level `PREPARE name AS ...` seen in this session, so
@@ -200,6 +53,26 @@ struct ClientSide {
 }
 
 impl ClientSide {
+    pub(crate) fn new(
+        guard: Arc<Guard>,
+        info: SessionInfo,
+        rejections: Arc<Mutex<Rejections>>,
+        ready: Arc<Notify>,
+    ) -> Self {
+        ClientSide {
+            guard,
+            info,
+            prepared: HashMap::new(),
+            rejections,
+            switches_applied: 0,
+            parsed: HashMap::new(),
+            unsynced: false,
+            barrier_pending: false,
+            barrier_at_sync: false,
+            ready,
+        }
+    }
+
     /// When the switches changed since the server session's variables were
     /// set, and the session is idle with nothing in flight, returns a Query
     /// that sets them (its replies are swallowed). `SHOW zoneguard.<switch>`
@@ -231,7 +104,7 @@ impl ClientSide {
         Some(protocol::query_message(&sql))
     }
 
-    async fn run(
+    pub(crate) async fn run(
         &mut self,
         mut cr: OwnedReadHalf,
         mut uw: OwnedWriteHalf,
@@ -527,149 +400,5 @@ fn pipelined_after_barrier() -> Denial {
         sqlstate: crate::policy::SQLSTATE_REJECTED,
         message: "statement rejected: it was pipelined after a set_config() call that may change how strings are read, in the same batch".into(),
         hint: "Send a Sync after the set_config() call before sending more statements.".into(),
-    }
-}
-
-/// Whether a ParameterStatus body reports standard_conforming_strings off.
-fn standard_strings_off(body: &[u8]) -> bool {
-    let mut b = body;
-    matches!(
-        (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b)),
-        (Some(b"standard_conforming_strings"), Some(v)) if v.eq_ignore_ascii_case(b"off")
-    )
-}
-
-async fn server_to_client(
-    guard: &Guard,
-    mut ur: OwnedReadHalf,
-    mut cw: OwnedWriteHalf,
-    rejections: Arc<Mutex<Rejections>>,
-    mut fatal: mpsc::Receiver<Bytes>,
-    ready: Arc<Notify>,
-) {
-    let _ = guard;
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut out = BytesMut::new();
-    loop {
-        tokio::select! {
-            biased;
-            msg = fatal.recv() => {
-                if let Some(msg) = msg {
-                    let _ = cw.write_all(&msg).await;
-                }
-                let _ = cw.shutdown().await;
-                return;
-            }
-            read = ur.read_buf(&mut buf) => match read {
-                Ok(0) | Err(_) => {
-                    let msg = protocol::error_response(
-                        Severity::Fatal,
-                        "08006",
-                        "zoneguard: the database server closed the connection",
-                        None,
-                    );
-                    let _ = cw.write_all(&msg).await;
-                    let _ = cw.shutdown().await;
-                    return;
-                }
-                Ok(_) => {}
-            }
-        }
-        // Frames are inspected in place; the bytes that pass through are
-        // written straight from `buf`, copied into `out` only when a
-        // rejection's error is rewritten in the same batch.
-        let mut off = 0;
-        loop {
-            let total = match protocol::peek_frame_len(&buf[off..], MAX_SERVER_MESSAGE) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "bad message from the database server");
-                    let msg = protocol::error_response(
-                        Severity::Fatal,
-                        "08P01",
-                        &format!("zoneguard: bad message from the database server: {e}"),
-                        None,
-                    );
-                    out.extend_from_slice(&buf[..off]);
-                    let _ = cw.write_all(&out).await;
-                    let _ = cw.write_all(&msg).await;
-                    return;
-                }
-            };
-            let tag = buf[off];
-            if rejections.lock().unwrap().swallowing() {
-                // Replies to the guard's own Query: not relayed.
-                match tag {
-                    b'Z' => {
-                        rejections.lock().unwrap().on_ready();
-                        ready.notify_waiters();
-                    }
-                    b'E' => tracing::warn!(
-                        error = %String::from_utf8_lossy(&buf[off + 5..off + total]),
-                        "setting zoneguard.* session variables failed"
-                    ),
-                    _ => {}
-                }
-                out.extend_from_slice(&buf[..off]);
-                buf.advance(off + total);
-                off = 0;
-                continue;
-            }
-            match tag {
-                b'S' if standard_strings_off(&buf[off + 5..off + total]) => {
-                    let msg = protocol::error_response(
-                        Severity::Fatal,
-                        "0A000",
-                        "zoneguard requires standard_conforming_strings = on",
-                        Some("With it off, backslashes in strings change where a string ends, and the guard could misread a statement. Set it back to on for this role and database."),
-                    );
-                    out.extend_from_slice(&buf[..off]);
-                    let _ = cw.write_all(&out).await;
-                    let _ = cw.write_all(&msg).await;
-                    let _ = cw.shutdown().await;
-                    return;
-                }
-                b'E' => {
-                    let mut r = rejections.lock().unwrap();
-                    if r.has_pending() {
-                        if let Some(ours) = r.rewrite_error(&buf[off..off + total]) {
-                            out.extend_from_slice(&buf[..off]);
-                            out.extend_from_slice(&ours);
-                            buf.advance(off + total);
-                            off = 0;
-                            continue;
-                        }
-                    }
-                }
-                b'Z' => {
-                    let mut r = rejections.lock().unwrap();
-                    r.on_ready();
-                    r.status = buf.get(off + 5).copied().unwrap_or(b'I');
-                    drop(r);
-                    ready.notify_waiters();
-                }
-                _ => {}
-            }
-            off += total;
-        }
-        if out.is_empty() {
-            if off > 0 && cw.write_all(&buf[..off]).await.is_err() {
-                return;
-            }
-        } else {
-            out.extend_from_slice(&buf[..off]);
-        }
-        buf.advance(off);
-        // Room for a large message that is still arriving.
-        if let Ok(None) = protocol::peek_frame_len(&buf, MAX_SERVER_MESSAGE) {
-            protocol::reserve_for_frame(&mut buf);
-        }
-        if !out.is_empty() {
-            if cw.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
     }
 }

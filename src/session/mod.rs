@@ -1,0 +1,153 @@
+//! One client connection: the startup handshake, then two relays (client to
+//! server in `client`, server to client in `server`) that frame messages,
+//! judge what must be judged and pass everything else through as the bytes
+//! that arrived.
+
+mod client;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+
+use crate::audit::{self, SessionInfo};
+use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
+use crate::reject::Rejections;
+use crate::server::Guard;
+
+pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
+    let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
+    let startup = match tokio::time::timeout(timeout, startup_phase(&guard, &mut client)).await {
+        Err(_) => {
+            tracing::debug!(%peer, "startup timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "bad startup");
+            let msg = protocol::error_response(Severity::Fatal, "08P01", &e.to_string(), None);
+            let _ = client.write_all(&msg).await;
+            return;
+        }
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(s))) => s,
+    };
+    let info = SessionInfo {
+        id: guard.next_session_id(),
+        client_addr: peer,
+        user: startup.user().to_string(),
+        database: startup.database().to_string(),
+        application_name: startup.param("application_name").unwrap_or("").to_string(),
+    };
+    if startup.database() == crate::admin::DATABASE {
+        crate::admin::serve(guard, client, startup, info).await;
+        return;
+    }
+    let upstream = match connect_upstream(&guard).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(session = info.id, error = %e, "upstream unreachable");
+            let msg = protocol::error_response(
+                Severity::Fatal,
+                "08006",
+                &format!(
+                    "zoneguard could not connect to the database server at {}: {e}",
+                    guard.settings.proxy.upstream
+                ),
+                Some("Check that PostgreSQL is running and that [proxy] upstream in policy.toml points at it."),
+            );
+            let _ = client.write_all(&msg).await;
+            return;
+        }
+    };
+    tracing::debug!(session = info.id, user = %info.user, db = %info.database, "session start");
+    let id = info.id;
+    guard.clients_registry.lock().unwrap().insert(
+        id,
+        crate::server::ClientEntry {
+            user: info.user.clone(),
+            database: info.database.clone(),
+            application_name: info.application_name.clone(),
+            client_addr: info.client_addr.to_string(),
+            connected_at: audit::now_rfc3339(),
+        },
+    );
+    relay(guard.clone(), info, startup, client, upstream).await;
+    guard.clients_registry.lock().unwrap().remove(&id);
+}
+
+/// Answers SSLRequest and GSSENCRequest with `N`, forwards a CancelRequest,
+/// and returns the StartupMessage.
+async fn startup_phase(
+    guard: &Guard,
+    client: &mut TcpStream,
+) -> Result<Option<Startup>, ProtocolError> {
+    loop {
+        match protocol::read_first_packet(client).await? {
+            None => return Ok(None),
+            Some(FirstPacket::Ssl) | Some(FirstPacket::GssEnc) => client.write_all(b"N").await?,
+            Some(FirstPacket::Cancel(raw)) => {
+                // Forwarded as is: BackendKeyData passed through unchanged,
+                // so the key the client holds is the server's own.
+                if let Ok(mut up) = connect_upstream(guard).await {
+                    let _ = up.write_all(&raw).await;
+                    let mut sink = [0u8; 1];
+                    let _ = up.read(&mut sink).await;
+                }
+                return Ok(None);
+            }
+            Some(FirstPacket::Startup(s)) => return Ok(Some(s)),
+        }
+    }
+}
+
+async fn connect_upstream(guard: &Guard) -> std::io::Result<TcpStream> {
+    let dur = Duration::from_secs(guard.settings.proxy.connect_timeout_secs);
+    let s = tokio::time::timeout(dur, TcpStream::connect(&guard.settings.proxy.upstream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// How the client-to-server half ended.
+pub(crate) enum ClientEnd {
+    /// Terminate, EOF or a broken socket: nothing more to tell the client.
+    Gone,
+    /// A protocol violation: the error was handed to the other half to send.
+    Fatal,
+}
+
+async fn relay(
+    guard: Arc<Guard>,
+    info: SessionInfo,
+    startup: Startup,
+    client: TcpStream,
+    mut upstream: TcpStream,
+) {
+    if upstream.write_all(&startup.raw).await.is_err() {
+        return;
+    }
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let rejections = Arc::new(Mutex::new(Rejections::new(&guard.nonce)));
+    let ready = Arc::new(Notify::new());
+    let (fatal_tx, fatal_rx) = mpsc::channel::<Bytes>(1);
+    let mut c2s = client::ClientSide::new(guard.clone(), info, rejections.clone(), ready.clone());
+    let c2s = c2s.run(cr, uw, fatal_tx);
+    let s2c = server::server_to_client(&guard, ur, cw, rejections, fatal_rx, ready);
+    tokio::pin!(c2s, s2c);
+    tokio::select! {
+        _ = &mut s2c => {}
+        end = &mut c2s => {
+            if let ClientEnd::Fatal = end {
+                // Let the server half deliver the error, briefly.
+                let _ = tokio::time::timeout(Duration::from_secs(5), s2c).await;
+            }
+        }
+    }
+}
