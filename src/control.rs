@@ -46,7 +46,7 @@ struct ControlRecord<'a> {
     generation: u64,
 }
 
-/// Swaps in `policy`, audits the change and every switch it flips.
+/// Audits the change and every switch it flips, then swaps in `policy`.
 async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
     let old = guard.runtime.load_full();
     let switches = policy.default_switches();
@@ -56,11 +56,7 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
         .filter(|(k, v)| old.switches.get(*k) != Some(v))
         .map(|(k, v)| (k.clone(), old.switches.get(k).copied(), *v))
         .collect();
-    guard.runtime.store(Arc::new(Runtime {
-        policy,
-        switches,
-        generation,
-    }));
+    // The records are on disk before the change takes effect.
     for (name, from, to) in &flips {
         tracing::warn!(switch = %name, ?from, to, how, who, "switch flipped");
         guard
@@ -93,6 +89,11 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
             generation,
         })
         .await;
+    guard.runtime.store(Arc::new(Runtime {
+        policy,
+        switches,
+        generation,
+    }));
 }
 
 /// Reloads the policy file. An invalid file is refused, logged and audited;

@@ -434,3 +434,46 @@ async fn a_flip_during_an_unsynced_batch_does_not_disturb_it() {
     let seen = read_until_ready(&mut s).await;
     assert!(seen.windows(3).any(|w| w == b"off"), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy() {
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let console = admin(&g).await;
+    // Change the file without changing its size or modification time, so
+    // that only SIGHUP (not the file watcher) can notice.
+    let text = std::fs::read_to_string(&g.policy_path).unwrap();
+    let edited = text
+        .replace(
+            "[switches.enable_new_commerce]\ndefault = true",
+            "[switches.enable_new_commerce]\ndefault = false",
+        )
+        .replacen("# zoneguard policy:", "# zoneguard policy", 1);
+    assert_eq!(edited.len(), text.len());
+    // Written beside, given the old file's times, then renamed over it.
+    let tmp = g.policy_path.with_extension("new");
+    std::fs::write(&tmp, &edited).unwrap();
+    let st = std::process::Command::new("touch")
+        .arg("-r")
+        .arg(&g.policy_path)
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::rename(&tmp, &g.policy_path).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let sw = rows(&console.simple_query("SHOW SWITCHES").await.unwrap());
+    assert_eq!(sw[0][1], "on", "the watcher must not have seen the edit");
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    within(Duration::from_secs(5), || async {
+        rows(&console.simple_query("SHOW SWITCHES").await.unwrap())[0][1] == "off"
+    })
+    .await;
+    let audit = g.audit();
+    assert!(audit
+        .iter()
+        .any(|r| r["event"] == "switch_flipped" && r["how"] == "sighup"));
+}
