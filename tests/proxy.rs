@@ -513,3 +513,23 @@ async fn turning_standard_conforming_strings_off_ends_the_session_before_more_is
         "42501"
     );
 }
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_startup_timeout() {
+    let policy = SHIPPED_POLICY.replace("startup_timeout_secs = 10", "startup_timeout_secs = 1");
+    assert_ne!(policy, SHIPPED_POLICY);
+    let g = TestGuard::start(&policy).await;
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let reply = read_to_end(&mut silent).await;
+    assert!(reply.is_empty(), "{reply:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The guard still serves others.
+    let db = fresh_db();
+    let app = g.connect("app", &db).await;
+    assert_eq!(count(&app, "SELECT count(*) FROM users").await, 5);
+}
