@@ -192,6 +192,15 @@ fn has_unparsed(v: &[StatementInfo]) -> bool {
 /// Statement kinds whose literals may be normalised.
 const DML_STARTS: [&str; 6] = ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES"];
 
+/// Appends a literal to the key: as `marker` where its position makes it a
+/// plain value (after an operator, or a list item), else as written.
+/// Returns whether it was replaced.
+fn push_literal(out: &mut String, last: Last, marker: &str, text: &str) -> bool {
+    let plain = matches!(last, Last::Op | Last::ListItem);
+    out.push_str(if plain { marker } else { text });
+    plain
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Last {
     /// Start of text, a word, a literal, `]`, `.`, ...: a literal here is not
@@ -272,12 +281,7 @@ pub fn normalize(sql: &str) -> Option<String> {
                     return None;
                 }
                 let end = quoted_end(b, i, b'\'')?;
-                if matches!(last, Last::Op | Last::ListItem) {
-                    out.push_str("\0s");
-                    replaced = true;
-                } else {
-                    out.push_str(&sql[i..end]);
-                }
+                replaced |= push_literal(&mut out, last, "\0s", &sql[i..end]);
                 i = end;
                 last = Last::Other;
                 continue;
@@ -291,12 +295,7 @@ pub fn normalize(sql: &str) -> Option<String> {
             }
             b'0'..=b'9' => {
                 let end = number_end(b, i)?;
-                if matches!(last, Last::Op | Last::ListItem) {
-                    out.push_str("\0n");
-                    replaced = true;
-                } else {
-                    out.push_str(&sql[i..end]);
-                }
+                replaced |= push_literal(&mut out, last, "\0n", &sql[i..end]);
                 i = end;
                 last = Last::Other;
                 continue;
