@@ -91,6 +91,17 @@ impl Rejections {
         });
     }
 
+    /// The last `n` messages counted by [`expect_ready`](Self::expect_ready)
+    /// will not be answered (Syncs the server ignored in copy-in mode).
+    pub fn forget_ready(&mut self, n: usize) {
+        for _ in 0..n {
+            // Never one of the guard's own queries: those are not Syncs.
+            if self.ready_marks.back().is_some_and(|m| !m.swallow) {
+                self.ready_marks.pop_back();
+            }
+        }
+    }
+
     /// Whether the server owes nothing: no reply is in flight.
     pub fn idle(&self) -> bool {
         self.ready_marks.is_empty()

@@ -477,3 +477,49 @@ async fn sighup_reloads_the_policy() {
         .iter()
         .any(|r| r["event"] == "switch_flipped" && r["how"] == "sighup"));
 }
+
+#[tokio::test]
+async fn the_guard_keeps_count_of_replies_across_copy() {
+    // In the extended protocol a driver may send Sync right behind the
+    // Execute of a COPY ... FROM STDIN; the server ignores a Sync received
+    // in copy-in mode. The guard must not wait for a reply that never comes.
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let mut s = raw_session(&g, &db).await;
+    use tokio::io::AsyncWriteExt;
+    let mut out = msg(
+        b'P',
+        b"\0COPY commission_rules (logic_json) FROM STDIN\0\0\0",
+    );
+    out.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    out.extend(msg(b'E', b"\0\0\0\0\0"));
+    out.extend(msg(b'S', b""));
+    s.write_all(&out).await.unwrap();
+    let mut out = msg(b'd', b"{\"copied\": 1}\n");
+    out.extend(msg(b'c', b""));
+    out.extend(msg(b'S', b""));
+    s.write_all(&out).await.unwrap();
+    let seen = read_until_ready(&mut s).await;
+    assert!(seen.windows(6).any(|w| w == b"COPY 1"), "{seen:?}");
+    // The session is idle again: a flip reaches it, and a statement behind
+    // a string-syntax barrier does not hang.
+    admin(&g)
+        .await
+        .simple_query("SET SWITCH enable_new_commerce = off")
+        .await
+        .unwrap();
+    s.write_all(&msg(b'Q', b"SHOW zoneguard.enable_new_commerce\0"))
+        .await
+        .unwrap();
+    let seen = read_until_ready(&mut s).await;
+    assert!(seen.windows(3).any(|w| w == b"off"), "{seen:?}");
+    let mut out = msg(
+        b'Q',
+        b"SELECT set_config(name, setting, false) FROM pg_settings WHERE name = 'application_name'\0",
+    );
+    out.extend(msg(b'Q', b"SELECT 42\0"));
+    s.write_all(&out).await.unwrap();
+    read_until_ready(&mut s).await;
+    let seen = read_until_ready(&mut s).await;
+    assert!(seen.windows(2).any(|w| w == b"42"), "{seen:?}");
+}

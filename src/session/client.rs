@@ -48,6 +48,10 @@ pub(crate) struct ClientSide {
     barrier_pending: bool,
     /// Such a statement came in an extended batch: wait at its Sync.
     barrier_at_sync: bool,
+    /// Syncs sent since the last Execute or Query. If that started a COPY
+    /// FROM STDIN, the server ignores them (they arrive in copy-in mode),
+    /// which the client's CopyDone or CopyFail reveals.
+    syncs_since_execute: usize,
     /// Notified by the server half on every ReadyForQuery.
     ready: Arc<Notify>,
 }
@@ -69,6 +73,7 @@ impl ClientSide {
             unsynced: false,
             barrier_pending: false,
             barrier_at_sync: false,
+            syncs_since_execute: 0,
             ready,
         }
     }
@@ -149,8 +154,20 @@ impl ClientSide {
                     }
                 };
                 match frame.tag() {
-                    b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
-                    b'S' => self.unsynced = false,
+                    b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
+                    b'E' => {
+                        self.unsynced = true;
+                        self.syncs_since_execute = 0;
+                    }
+                    b'Q' => self.syncs_since_execute = 0,
+                    b'S' => {
+                        self.unsynced = false;
+                        self.syncs_since_execute += 1;
+                    }
+                    b'c' | b'f' => {
+                        let ignored = std::mem::take(&mut self.syncs_since_execute);
+                        self.rejections.lock().unwrap().forget_ready(ignored);
+                    }
                     _ => {}
                 }
                 match self.judge_frame(&frame).await {
