@@ -55,6 +55,14 @@ struct Cli {
 enum Command {
     /// Run the guard (the default when no command is given).
     Run,
+    /// Print the hash of a password for `[admin] users` in policy.toml
+    /// (SCRAM-SHA-256, as PostgreSQL stores it; --md5 ROLE for an md5 hash).
+    /// Reads the password from standard input.
+    HashPassword {
+        /// Make an md5 hash for this role instead (weaker; SCRAM is preferred).
+        #[arg(long, value_name = "ROLE")]
+        md5: Option<String>,
+    },
     /// Start a throwaway PostgreSQL with the seed's schema and sample data,
     /// and the guard in front of it; prints the URL to connect to. Ctrl-C
     /// stops both and deletes the database. Works on a temporary copy of
@@ -102,8 +110,20 @@ fn main() -> anyhow::Result<()> {
         b
     };
     let rt = builder.enable_all().build()?;
+    if let Some(Command::HashPassword { md5 }) = &cli.command {
+        let mut password = String::new();
+        std::io::stdin().read_line(&mut password)?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(!password.is_empty(), "no password on standard input");
+        match md5 {
+            Some(role) => println!("{}", zoneguard::admin::md5_hash(role, password)),
+            None => println!("{}", zoneguard::admin::scram_verifier(password)),
+        }
+        return Ok(());
+    }
     rt.block_on(async move {
         match cli.command {
+            Some(Command::HashPassword { .. }) => unreachable!("handled above"),
             None | Some(Command::Run) => run(&cli).await,
             Some(Command::Demo) => demo(&cli).await,
             Some(Command::Backfill(a)) => zoneguard::backfill::backfill_command(a).await,

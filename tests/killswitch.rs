@@ -523,3 +523,52 @@ async fn the_guard_keeps_count_of_replies_across_copy() {
     let seen = read_until_ready(&mut s).await;
     assert!(seen.windows(2).any(|w| w == b"42"), "{seen:?}");
 }
+
+#[tokio::test]
+async fn the_console_checks_scram_and_md5_hashes() {
+    // The shipped policy stores a SCRAM-SHA-256 verifier; an md5 hash works
+    // too. psql and tokio-postgres answer whichever the guard asks for.
+    let policy = SHIPPED_POLICY.replace(
+        "[admin]\nusers = { zgadmin = ",
+        &format!(
+            "[admin]\nusers = {{ md5admin = \"{}\", zgadmin = ",
+            zoneguard::admin::md5_hash("md5admin", "pw")
+        ),
+    );
+    assert_ne!(policy, SHIPPED_POLICY);
+    let g = TestGuard::start(&policy).await;
+    let port = g.addr.port();
+    let md5 = connect_url(&format!(
+        "postgresql://md5admin:pw@127.0.0.1:{port}/zoneguard"
+    ))
+    .await;
+    assert_eq!(
+        rows(&md5.simple_query("SHOW SWITCHES").await.unwrap()).len(),
+        1
+    );
+    let bad = tokio_postgres::connect(
+        &format!("postgresql://md5admin:wrong@127.0.0.1:{port}/zoneguard"),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    assert_eq!(
+        bad.err().unwrap().as_db_error().unwrap().code().code(),
+        "28P01"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(psql_bin())
+            .args(["-X", "-At", "-c", "SHOW SWITCHES"])
+            .arg(format!("postgresql://zgadmin@127.0.0.1:{port}/zoneguard"))
+            .env("PGPASSWORD", "zgadmin")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("enable_new_commerce|on|"));
+}

@@ -353,16 +353,11 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
     let mut admins = BTreeMap::new();
     for (name, hash) in &file.admin.users {
         let h = hash.get_ref();
-        let ok = h.len() == 35
-            && h.starts_with("md5")
-            && h[3..]
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-        if !ok {
+        if !crate::admin::valid_hash(h) {
             return Err(cx.err(
                 hash.span(),
                 format!(
-                    "admin {name:?}: expected an md5 password hash (\"md5\" followed by 32 lower-case hex digits, as from SELECT 'md5' || md5('password' || '{name}')); plain-text passwords are not accepted"
+                    "admin {name:?}: expected a password hash as PostgreSQL stores it: SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> (make one with `zoneguard hash-password`) or md5 followed by 32 lower-case hex digits; plain-text passwords are not accepted"
                 ),
             ));
         }

@@ -1,14 +1,17 @@
 //! The admin console: a virtual database named `zoneguard`, answered by the
 //! guard itself in the style of PgBouncer's (`psql -h HOST -p PORT -U admin
-//! zoneguard`). Only the admins named in the policy get in, with an md5
-//! password check against the hash in the policy.
+//! zoneguard`). Only the admins named in the policy get in, with a SCRAM or
+//! md5 password check against the hash in the policy (see `auth`).
+
+mod auth;
+
+pub use auth::{md5_hash, scram_verifier, valid_hash};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::audit::SessionInfo;
@@ -21,67 +24,17 @@ pub const DATABASE: &str = "zoneguard";
 
 const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; RELOAD";
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// PostgreSQL's md5 challenge answer for a stored "md5..." hash and a salt.
-pub fn md5_response(stored: &str, salt: &[u8; 4]) -> String {
-    let mut h = Md5::new();
-    h.update(&stored.as_bytes()[3..]);
-    h.update(salt);
-    format!("md5{}", hex(&h.finalize()))
-}
-
-/// The hash to put in `[admin] users`, for a role and password.
-pub fn md5_hash(role: &str, password: &str) -> String {
-    let mut h = Md5::new();
-    h.update(password.as_bytes());
-    h.update(role.as_bytes());
-    format!("md5{}", hex(&h.finalize()))
-}
-
 async fn fatal(client: &mut TcpStream, code: &str, msg: &str) {
     let _ = client
         .write_all(&protocol::error_response(Severity::Fatal, code, msg, None))
         .await;
 }
 
-async fn read_frame(client: &mut TcpStream, buf: &mut BytesMut) -> Option<protocol::Frame> {
-    loop {
-        match protocol::next_frame(buf, 1 << 20) {
-            Ok(Some(f)) => return Some(f),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        match client.read_buf(buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-}
-
 pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, startup: Startup, info: SessionInfo) {
     let user = startup.user().to_string();
     let stored = guard.runtime.load().policy.admins.get(&user).cloned();
-    let salt: [u8; 4] = rand::random();
-    if client
-        .write_all(&protocol::authentication(5, &salt))
-        .await
-        .is_err()
-    {
-        return;
-    }
     let mut buf = BytesMut::with_capacity(1024);
-    let Some(answer) = read_frame(&mut client, &mut buf).await else {
-        return;
-    };
-    let mut body = answer.body();
-    let given = protocol::take_cstr(&mut body).unwrap_or_default();
-    let ok = answer.tag() == b'p'
-        && stored
-            .as_deref()
-            .is_some_and(|s| md5_response(s, &salt).as_bytes() == given);
+    let ok = auth::authenticate(&mut client, &mut buf, stored.as_deref()).await;
     if !ok {
         tracing::warn!(user = %user, addr = %info.client_addr, "admin console: authentication failed");
         fatal(
@@ -112,7 +65,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, startup: Startup, i
         return;
     }
     let mut skipping = false;
-    while let Some(frame) = read_frame(&mut client, &mut buf).await {
+    while let Some(frame) = auth::read_frame(&mut client, &mut buf).await {
         let reply = match frame.tag() {
             b'X' => return,
             b'Q' => {
