@@ -181,8 +181,11 @@ impl Cluster {
     }
 
     /// A process that stops the cluster when this process dies, even on a
-    /// panic or abort, so no server outlives its test binary.
+    /// panic or abort, so no server outlives its test binary. It runs in a
+    /// process group of its own, so that a signal to ours (Ctrl-C, `timeout`)
+    /// does not take it down before it has done its job.
     fn spawn_watchdog(&self) -> std::io::Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
         let stop = self.stop_command();
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}",
@@ -191,6 +194,7 @@ impl Cluster {
         Command::new("sh")
             .arg("-c")
             .arg(script)
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
