@@ -1075,6 +1075,29 @@ fn standard_conforming_strings_off_fails_closed() {
     expect("SELECT set_config('search_path', 'app', false)", &[]);
 }
 
+#[test]
+fn functions_that_write_out_of_sight() {
+    expect(
+        "SELECT setval('users_id_seq', 42)",
+        &[("update", "users_id_seq")],
+    );
+    expect(
+        "SELECT id FROM users WHERE setval('public.\"Seq\"', 1) > 0",
+        &[("read", "users"), ("update", "public.Seq")],
+    );
+    expect_unparsed(
+        "SELECT setval(pg_get_serial_sequence('users', 'id'), 1)",
+        true,
+    );
+    expect_special(
+        "SELECT dblink_exec('dbname=x', 'DELETE FROM users')",
+        Special::Call {
+            routine: "dblink_exec".into(),
+        },
+        &[],
+    );
+}
+
 // ---------------------------------------------------------------- unparseable / fallback
 
 #[test]

@@ -155,6 +155,13 @@ fn new_application_role() {
             ("DO $$ BEGIN UPDATE users SET email = 'x'; END $$", "do_blocks"),
             ("DO $$ BEGIN PERFORM 1; END $$", "do_blocks"),
             ("CALL refresh_everything()", "call"),
+            ("SELECT setval('users_id_seq', 1)", UNL),
+            ("SELECT pg_catalog.setval('public.transactions_id_seq', 1, false)", UNL),
+            ("SELECT setval(pg_get_serial_sequence('users', 'id'), 1)", "unparsed"),
+            ("SELECT setval('entitlements', 1)", "allow"), // a new-zone name: judged by its zone
+            ("SELECT nextval('entitlements_id_seq')", "allow"),
+            ("SELECT dblink_exec('dbname=shop', 'DELETE FROM users')", "call"),
+            ("SELECT lo_unlink(12345)", "call"),
             ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "other_ddl"),
             ("CREATE EXTENSION dblink", "other_ddl"),
             ("CREATE SCHEMA s", "other_ddl"),

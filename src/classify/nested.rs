@@ -11,7 +11,7 @@ use sqlparser::ast::{
 };
 
 use super::walk::{name_parts, Walker};
-use super::Special;
+use super::{Op, Special};
 
 impl Walker {
     /// Visit an AST fragment that is not walked structurally, reporting the
@@ -23,14 +23,15 @@ impl Walker {
 
     /// `set_config('standard_conforming_strings', ...)` would make the guard
     /// misread string literals in later statements.
+    ///
+    /// Also functions known to write where no table name in the SQL shows it:
+    /// `setval('seq', ...)` is an update of that sequence (a relation, judged
+    /// by its zone); dblink and large-object writers are treated like CALL.
     fn check_function(&mut self, e: &Expr) {
         let Expr::Function(f) = e else { return };
-        let is_set_config = name_parts(&f.name)
-            .and_then(|p| p.last().cloned())
-            .is_some_and(|n| n == "set_config");
-        if !is_set_config {
+        let Some(name) = name_parts(&f.name).and_then(|p| p.last().cloned()) else {
             return;
-        }
+        };
         let first = match &f.args {
             FunctionArguments::List(l) => l.args.first(),
             _ => None,
@@ -45,6 +46,26 @@ impl Walker {
             },
             _ => None,
         };
+        match name.as_str() {
+            "set_config" => self.check_set_config(literal),
+            "setval" => match literal.as_deref().and_then(crate::policy::parse_table_name) {
+                Some(seq) => self.add(Op::Update, seq, "SETVAL"),
+                None => self.unparsed("setval() of a sequence the guard cannot name"),
+            },
+            "dblink" | "dblink_exec" | "dblink_send_query" | "lo_import" | "lo_export"
+            | "lo_unlink" | "lo_put" | "lo_truncate" | "lo_truncate64" | "lo_create"
+            | "lo_creat" | "lo_from_bytea" | "pg_file_write" | "pg_file_unlink"
+            | "pg_file_rename" => {
+                let call = Special::Call { routine: name };
+                if !self.specials.contains(&call) {
+                    self.specials.push(call);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn check_set_config(&mut self, literal: Option<String>) {
         match literal {
             // A name the guard cannot read: let the server answer first.
             None => {
