@@ -109,6 +109,33 @@ impl ClientSide {
         Some(protocol::query_message(&sql))
     }
 
+    /// Ends the session on a protocol violation: what was judged before it is
+    /// sent on, the error goes to the other half to deliver, the server side
+    /// is closed.
+    async fn violation(
+        &self,
+        e: ProtocolError,
+        uw: &mut OwnedWriteHalf,
+        out: &[u8],
+        fatal: &mpsc::Sender<Bytes>,
+    ) -> ClientEnd {
+        tracing::info!(session = self.info.id, error = %e, "protocol violation from client");
+        let _ = uw.write_all(out).await;
+        let code = match e {
+            ProtocolError::TooLarge { .. } => "54000",
+            _ => "08P01",
+        };
+        let msg = protocol::error_response(
+            Severity::Fatal,
+            code,
+            &format!("zoneguard: {e}"),
+            Some("The connection is closed; nothing after the last complete message was run."),
+        );
+        let _ = fatal.send(msg).await;
+        let _ = uw.shutdown().await;
+        ClientEnd::Fatal
+    }
+
     pub(crate) async fn run(
         &mut self,
         mut cr: OwnedReadHalf,
@@ -135,23 +162,7 @@ impl ClientSide {
                 let frame = match protocol::next_frame(&mut buf, max) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
-                    Err(e) => {
-                        tracing::info!(session = self.info.id, error = %e, "protocol violation from client");
-                        let _ = uw.write_all(&out).await;
-                        let code = match e {
-                            ProtocolError::TooLarge { .. } => "54000",
-                            _ => "08P01",
-                        };
-                        let msg = protocol::error_response(
-                            Severity::Fatal,
-                            code,
-                            &format!("zoneguard: {e}"),
-                            Some("The connection is closed; nothing after the last complete message was run."),
-                        );
-                        let _ = fatal.send(msg).await;
-                        let _ = uw.shutdown().await;
-                        return ClientEnd::Fatal;
-                    }
+                    Err(e) => return self.violation(e, &mut uw, &out, &fatal).await,
                 };
                 match frame.tag() {
                     b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
@@ -173,18 +184,7 @@ impl ClientSide {
                 match self.judge_frame(&frame).await {
                     Ok(Some(replacement)) => out.extend_from_slice(&replacement),
                     Ok(None) => out.extend_from_slice(&frame.raw),
-                    Err(e) => {
-                        let msg = protocol::error_response(
-                            Severity::Fatal,
-                            "08P01",
-                            &format!("zoneguard: {e}"),
-                            None,
-                        );
-                        let _ = uw.write_all(&out).await;
-                        let _ = fatal.send(msg).await;
-                        let _ = uw.shutdown().await;
-                        return ClientEnd::Fatal;
-                    }
+                    Err(e) => return self.violation(e, &mut uw, &out, &fatal).await,
                 }
                 if frame.tag() == b'X' {
                     let _ = uw.write_all(&out).await;

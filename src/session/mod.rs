@@ -139,7 +139,7 @@ async fn relay(
     let (fatal_tx, fatal_rx) = mpsc::channel::<Bytes>(1);
     let mut c2s = client::ClientSide::new(guard.clone(), info, rejections.clone(), ready.clone());
     let c2s = c2s.run(cr, uw, fatal_tx);
-    let s2c = server::server_to_client(&guard, ur, cw, rejections, fatal_rx, ready);
+    let s2c = server::server_to_client(ur, cw, rejections, fatal_rx, ready);
     tokio::pin!(c2s, s2c);
     tokio::select! {
         _ = &mut s2c => {}

@@ -12,7 +12,6 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::{self, Severity};
 use crate::reject::Rejections;
-use crate::server::Guard;
 
 /// Largest message accepted from the server (PostgreSQL's own limit is 1 GB).
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -27,14 +26,12 @@ fn standard_strings_off(body: &[u8]) -> bool {
 }
 
 pub(crate) async fn server_to_client(
-    guard: &Guard,
     mut ur: OwnedReadHalf,
     mut cw: OwnedWriteHalf,
     rejections: Arc<Mutex<Rejections>>,
     mut fatal: mpsc::Receiver<Bytes>,
     ready: Arc<Notify>,
 ) {
-    let _ = guard;
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = BytesMut::new();
     loop {
