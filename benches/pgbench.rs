@@ -1,10 +1,14 @@
 //! End-to-end benchmark: pgbench against PostgreSQL directly, through
-//! PgBouncer (session mode) and through zoneguard (release binary, a child
-//! process), in interleaved rounds.
+//! PgBouncer (session mode), through zoneguard (release binary, a child
+//! process) and through a relay that only forwards bytes (the floor any
+//! proxy pays on this machine), in interleaved rounds. Each proxy reaches
+//! the server over TCP and over its Unix-domain socket; clients always use
+//! TCP, as the direct runs do.
 //!
 //! `cargo bench --bench pgbench`. Environment: BENCH_SECONDS (per run,
-//! default 8), BENCH_ROUNDS (default 3), BENCH_SCALE (default 10),
+//! default 5), BENCH_ROUNDS (default 3), BENCH_SCALE (default 10),
 //! BENCH_IDLE (idle connections for the RSS probe, default 500),
+//! BENCH_UPSTREAM (`tcp`, `unix` or `both`, default both),
 //! ZONEGUARD_BIN (another zoneguard binary, e.g. an older build).
 
 use std::collections::BTreeMap;
@@ -42,14 +46,15 @@ fn wait_port(port: u16) {
     }
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
+/// (utime, stime) of a process, in seconds.
+fn cpu_secs(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields 14 and 15 of stat; index 11 and 12 after the command name.
-    (t(11) + t(12)) / 100.0
+    // Clock ticks: 100 per second on Linux.
+    (t(11) / 100.0, t(12) / 100.0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -63,9 +68,83 @@ fn rss_kib(pid: u32) -> u64 {
 
 struct Target {
     name: &'static str,
+    /// How the proxy reaches the server ("-" for direct).
+    upstream: &'static str,
     port: u16,
     /// The proxy's process, for CPU and RSS.
     pid: Option<u32>,
+}
+
+/// Where a proxy finds the server.
+#[derive(Clone, Copy, PartialEq)]
+enum Upstream {
+    Tcp,
+    Unix,
+}
+
+impl Upstream {
+    fn name(self) -> &'static str {
+        match self {
+            Upstream::Tcp => "tcp",
+            Upstream::Unix => "unix",
+        }
+    }
+}
+
+/// Set in the environment of the bench binary when it runs as the floor
+/// relay: `LISTEN UPSTREAM` (an address, or a socket path).
+const FLOOR_ENV: &str = "ZONEGUARD_BENCH_FLOOR_RELAY";
+
+/// The floor: forwards bytes both ways and nothing else, on the same
+/// runtime shape as zoneguard's default (one current-thread loop).
+fn floor_relay(spec: &str) -> ! {
+    let (listen, upstream) = spec.split_once(' ').expect("LISTEN UPSTREAM");
+    let (listen, upstream) = (listen.to_string(), upstream.to_string());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let _ = client.set_nodelay(true);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if upstream.starts_with('/') {
+                    let mut u = tokio::net::UnixStream::connect(&upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut u).await;
+                } else {
+                    let mut u = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                    let _ = u.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut u).await;
+                }
+            });
+        }
+    })
+}
+
+struct Floor {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_floor(upstream: &str) -> Floor {
+    let port = free_port().unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .env(FLOOR_ENV, format!("127.0.0.1:{port} {upstream}"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the floor relay");
+    wait_port(port);
+    Floor { child, port }
 }
 
 struct PgBouncer {
@@ -89,7 +168,7 @@ fn find_pgbouncer() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn start_pgbouncer(pg_port: u16) -> Option<PgBouncer> {
+fn start_pgbouncer(pg_port: u16, socket_dir: Option<&std::path::Path>) -> Option<PgBouncer> {
     let bin = find_pgbouncer().or_else(|| {
         eprintln!("pgbouncer not found: trying apt-get install -y pgbouncer");
         let _ = Command::new("apt-get")
@@ -102,8 +181,11 @@ fn start_pgbouncer(pg_port: u16) -> Option<PgBouncer> {
     let port = free_port().ok()?;
     let d = dir.path().display();
     std::fs::write(dir.path().join("userlist.txt"), "\"postgres\" \"\"\n").ok()?;
+    let host = socket_dir
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
     let ini = format!(
-        "[databases]\nbench = host=127.0.0.1 port={pg_port} dbname=bench\n\n[pgbouncer]\n\
+        "[databases]\nbench = host={host} port={pg_port} dbname=bench\n\n[pgbouncer]\n\
          listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
          auth_type = trust\nauth_file = {d}/userlist.txt\npool_mode = session\n\
          max_client_conn = 2000\ndefault_pool_size = 650\nlogfile = {d}/pgbouncer.log\n\
@@ -151,7 +233,7 @@ impl Drop for ZoneGuard {
     }
 }
 
-fn start_zoneguard(pg_port: u16) -> ZoneGuard {
+fn start_zoneguard(upstream: &str) -> ZoneGuard {
     let bin = std::env::var("ZONEGUARD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_zoneguard")));
@@ -162,7 +244,7 @@ fn start_zoneguard(pg_port: u16) -> ZoneGuard {
     let policy = format!(
         r#"[proxy]
 listen = "127.0.0.1:{port}"
-upstream = "127.0.0.1:{pg_port}"
+upstream = "{upstream}"
 max_clients = 2000
 
 [audit]
@@ -216,7 +298,8 @@ allow = ["read"]
 struct Run {
     tps: f64,
     latency_ms: f64,
-    cpu_us_per_txn: Option<f64>,
+    /// The proxy's (user, system) CPU time per transaction, in µs.
+    cpu_us_per_txn: Option<(f64, f64)>,
 }
 
 fn pgbench(port: u16, args: &[&str], secs: u64, pid: Option<u32>) -> Run {
@@ -253,7 +336,9 @@ fn pgbench(port: u16, args: &[&str], secs: u64, pid: Option<u32>) -> Run {
     let latency_ms = find("latency average =");
     let txns = find("number of transactions actually processed:");
     let cpu_us_per_txn = match (cpu0, cpu1) {
-        (Some(a), Some(b)) if txns > 0.0 => Some((b - a) * 1e6 / txns),
+        (Some(a), Some(b)) if txns > 0.0 => {
+            Some(((b.0 - a.0) * 1e6 / txns, (b.1 - a.1) * 1e6 / txns))
+        }
         _ => None,
     };
     Run {
@@ -320,11 +405,19 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(FLOOR_ENV) {
+        floor_relay(&spec);
+    }
     // `cargo bench` passes --bench; ignore arguments.
-    let secs = env_num("BENCH_SECONDS", 8);
+    let secs = env_num("BENCH_SECONDS", 5);
     let rounds = env_num("BENCH_ROUNDS", 3);
     let scale = env_num("BENCH_SCALE", 10);
     let idle = env_num("BENCH_IDLE", 500) as usize;
+    let upstreams: Vec<Upstream> = match std::env::var("BENCH_UPSTREAM").as_deref() {
+        Ok("tcp") => vec![Upstream::Tcp],
+        Ok("unix") => vec![Upstream::Unix],
+        _ => vec![Upstream::Tcp, Upstream::Unix],
+    };
 
     eprintln!("starting a throwaway PostgreSQL ...");
     let cluster = Cluster::start().expect("start PostgreSQL");
@@ -347,28 +440,55 @@ fn main() {
         .expect("pgbench -i");
     assert!(st.success(), "pgbench -i failed");
 
-    let bouncer = start_pgbouncer(cluster.port());
-    if bouncer.is_none() {
-        eprintln!("PgBouncer unavailable: its columns are skipped");
-    }
-    let zg = start_zoneguard(cluster.port());
+    let socket = cluster.socket_path();
+    let socket_dir = socket.parent().unwrap().to_path_buf();
     let mut targets = vec![Target {
         name: "direct",
+        upstream: "-",
         port: cluster.port(),
         pid: None,
     }];
-    if let Some(b) = &bouncer {
+    // Kept alive until the end; dropping one stops its process.
+    let mut floors = Vec::new();
+    let mut bouncers = Vec::new();
+    let mut guards = Vec::new();
+    for &up in &upstreams {
+        let addr = match up {
+            Upstream::Tcp => cluster.addr(),
+            Upstream::Unix => socket.display().to_string(),
+        };
+        let floor = start_floor(&addr);
         targets.push(Target {
-            name: "pgbouncer",
-            port: b.port,
-            pid: Some(b.pid),
+            name: "floor",
+            upstream: up.name(),
+            port: floor.port,
+            pid: Some(floor.child.id()),
         });
+        floors.push(floor);
+        match start_pgbouncer(
+            cluster.port(),
+            (up == Upstream::Unix).then_some(socket_dir.as_path()),
+        ) {
+            Some(b) => {
+                targets.push(Target {
+                    name: "pgbouncer",
+                    upstream: up.name(),
+                    port: b.port,
+                    pid: Some(b.pid),
+                });
+                bouncers.push(b);
+            }
+            None => eprintln!("PgBouncer unavailable: its rows are skipped"),
+        }
+        let zg = start_zoneguard(&addr);
+        targets.push(Target {
+            name: "zoneguard",
+            upstream: up.name(),
+            port: zg.port,
+            pid: Some(zg.child.id()),
+        });
+        guards.push(zg);
     }
-    targets.push(Target {
-        name: "zoneguard",
-        port: zg.port,
-        pid: Some(zg.child.id()),
-    });
 
     let workloads: Vec<(&str, Vec<&str>)> = vec![
         (
@@ -402,13 +522,14 @@ fn main() {
                 let t = &targets[ti];
                 let r = pgbench(t.port, args, secs, t.pid);
                 eprintln!(
-                    "round {} {wname:<18} {:<10} tps {:>9.0}  lat {:.3} ms  cpu {}",
+                    "round {} {wname:<18} {:<10} {:<4} tps {:>9.0}  lat {:.3} ms  cpu {}",
                     round + 1,
                     t.name,
+                    t.upstream,
                     r.tps,
                     r.latency_ms,
                     r.cpu_us_per_txn
-                        .map(|c| format!("{c:.1} us/txn"))
+                        .map(|(u, s)| format!("{:.1} us/txn ({u:.1} user)", u + s))
                         .unwrap_or_default()
                 );
                 results.entry((wi, ti)).or_default().push(r);
@@ -416,52 +537,68 @@ fn main() {
         }
     }
 
-    let mut rss = BTreeMap::new();
+    let mut rss = Vec::new();
     for (ti, t) in targets.iter().enumerate() {
-        if let Some(pid) = t.pid {
-            rss.insert(ti, idle_rss_per_conn(t.port, pid, idle));
+        // Idle clients hold the same memory whatever the upstream.
+        if t.upstream == upstreams[0].name() {
+            if let Some(pid) = t.pid {
+                rss.push((ti, idle_rss_per_conn(t.port, pid, idle)));
+            }
         }
     }
 
     println!();
     println!(
-        "pgbench, scale {scale}, {secs}s per run, medians of {rounds} interleaved rounds (2-core machine shared with other builds: noisy)"
+        "pgbench, scale {scale}, {secs}s per run, medians of {rounds} interleaved rounds; clients connect over TCP; \"upstream\" is how the proxy reaches PostgreSQL"
     );
     println!(
-        "| workload | target | TPS | latency ms | vs direct | vs PgBouncer | CPU µs/txn (proxy) |"
+        "| workload | target | upstream | TPS | latency ms | vs direct | vs PgBouncer | vs floor | CPU µs/txn (user) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|");
-    let bouncer_idx = targets.iter().position(|t| t.name == "pgbouncer");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+    let find = |name: &str, upstream: &str| {
+        targets
+            .iter()
+            .position(|t| t.name == name && t.upstream == upstream)
+    };
     for (wi, (wname, _)) in workloads.iter().enumerate() {
-        let med = |ti: usize, f: fn(&Run) -> Option<f64>| -> f64 {
+        let med = |ti: usize, f: &dyn Fn(&Run) -> Option<f64>| -> f64 {
             let mut v: Vec<f64> = results
                 .get(&(wi, ti))
                 .map(|rs| rs.iter().filter_map(f).collect())
                 .unwrap_or_default();
             median(&mut v)
         };
-        let direct_tps = med(0, |r| Some(r.tps));
-        let direct_lat = med(0, |r| Some(r.latency_ms));
+        let tps_of = |ti: usize| med(ti, &|r| Some(r.tps));
+        let direct_tps = tps_of(0);
+        let direct_lat = med(0, &|r| Some(r.latency_ms));
         for (ti, t) in targets.iter().enumerate() {
-            let tps = med(ti, |r| Some(r.tps));
-            let lat = med(ti, |r| Some(r.latency_ms));
-            let cpu = med(ti, |r| r.cpu_us_per_txn);
-            let vs_b = bouncer_idx
-                .map(|b| format!("{:.2}", tps / med(b, |r| Some(r.tps))))
-                .unwrap_or_else(|| "-".into());
+            let tps = tps_of(ti);
+            let lat = med(ti, &|r| Some(r.latency_ms));
+            let cpu = med(ti, &|r| r.cpu_us_per_txn.map(|(u, s)| u + s));
+            let user = med(ti, &|r| r.cpu_us_per_txn.map(|(u, _)| u));
+            // Proxies are compared with the same upstream transport.
+            let ratio = |name: &str| {
+                find(name, t.upstream)
+                    .filter(|_| ti > 0)
+                    .map(|o| format!("{:.2}", tps / tps_of(o)))
+                    .unwrap_or_else(|| "-".into())
+            };
             let extra = if wname.contains("latency") && ti > 0 {
                 format!(" (+{:.0} µs)", (lat - direct_lat) * 1000.0)
             } else {
                 String::new()
             };
             println!(
-                "| {wname} | {} | {tps:.0} | {lat:.3}{extra} | {:.2} | {vs_b} | {} |",
+                "| {wname} | {} | {} | {tps:.0} | {lat:.3}{extra} | {:.2} | {} | {} | {} |",
                 t.name,
+                t.upstream,
                 tps / direct_tps,
+                ratio("pgbouncer"),
+                ratio("floor"),
                 if cpu.is_nan() {
                     "-".into()
                 } else {
-                    format!("{cpu:.1}")
+                    format!("{cpu:.1} ({user:.1})")
                 }
             );
         }
@@ -472,7 +609,8 @@ fn main() {
     for (ti, kib) in &rss {
         println!("| {} | {kib:.1} KiB |", targets[*ti].name);
     }
-    drop(zg);
-    drop(bouncer);
+    drop(guards);
+    drop(bouncers);
+    drop(floors);
     drop(cluster);
 }

@@ -237,8 +237,8 @@ pub fn normalize(sql: &str) -> Option<String> {
     if !DML_STARTS.iter().any(|k| first.eq_ignore_ascii_case(k)) {
         return None;
     }
-    let lower = sql.to_ascii_lowercase();
-    if lower.contains("standard_conforming") || lower.contains("escape_string") {
+    if contains_ignore_case(b, b"standard_conforming") || contains_ignore_case(b, b"escape_string")
+    {
         return None;
     }
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
@@ -339,6 +339,13 @@ pub fn normalize(sql: &str) -> Option<String> {
     replaced.then_some(out)
 }
 
+/// Whether `hay` contains `needle` (lower case ASCII), ignoring ASCII case;
+/// no allocation, unlike lowering the whole statement first.
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w[0].eq_ignore_ascii_case(&needle[0]) && w.eq_ignore_ascii_case(needle))
+}
+
 /// End (exclusive) of the quoted string or identifier starting at `start`;
 /// a doubled quote is part of it.
 fn quoted_end(b: &[u8], start: usize, q: u8) -> Option<usize> {
@@ -405,6 +412,8 @@ mod tests {
     fn literals_that_matter_stay_exact() {
         for sql in [
             "SET standard_conforming_strings = off",
+            "SELECT * FROM t WHERE x = current_setting('STANDARD_Conforming_Strings')",
+            "SELECT * FROM t WHERE x = 'a' AND y = current_setting('Escape_String_Warning')",
             "EXPLAIN (ANALYZE 0) UPDATE users SET name = 'x'",
             "SELECT set_config('standard_conforming_strings', 'off', false)",
             "SELECT 1 -- = 2",

@@ -232,6 +232,11 @@ impl Cluster {
         &self.bin
     }
 
+    /// The server's Unix-domain socket file (it also listens there).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join(format!(".s.PGSQL.{}", self.port))
+    }
+
     /// `host:port` of the server.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)

@@ -94,6 +94,9 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
         switches,
         generation,
     }));
+    guard
+        .generation
+        .store(generation, std::sync::atomic::Ordering::Release);
 }
 
 /// Reloads the policy file. An invalid file is refused, logged and audited;

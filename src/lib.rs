@@ -13,6 +13,7 @@ pub mod checkout;
 pub mod classify;
 pub mod cluster;
 pub mod control;
+pub mod net;
 pub mod policy;
 pub mod protocol;
 pub mod reject;

@@ -33,7 +33,7 @@ struct Cli {
     /// Address to listen on, overriding [proxy] listen.
     #[arg(long, global = true)]
     listen: Option<String>,
-    /// The PostgreSQL server, HOST:PORT, overriding [proxy] upstream.
+    /// The PostgreSQL server, HOST:PORT or a Unix-socket path, overriding [proxy] upstream.
     #[arg(long, global = true)]
     upstream: Option<String>,
     /// Where audit records go (a file, or - for standard output), overriding [audit] file.
@@ -139,6 +139,7 @@ fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {
         settings.proxy.listen = l.clone();
     }
     if let Some(u) = &cli.upstream {
+        zoneguard::net::Endpoint::parse(u).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
         settings.proxy.upstream = u.clone();
     }
     if let Some(a) = &cli.audit_file {
@@ -157,7 +158,7 @@ async fn start(
         .with_context(|| format!("cannot listen on {}", settings.proxy.listen))?;
     let guard = Guard::new(policy, settings, path)
         .await
-        .context("cannot open the audit log")?;
+        .context("cannot start the guard (audit log or [proxy] upstream)")?;
     zoneguard::control::spawn_watchers(guard.clone());
     Ok((listener, guard))
 }

@@ -27,7 +27,12 @@ pub struct Runtime {
 /// run several guards in one process.
 pub struct Guard {
     pub runtime: ArcSwap<Runtime>,
+    /// `runtime`'s generation, readable without loading it: sessions check
+    /// it on every read from the client.
+    pub generation: AtomicU64,
     pub settings: Settings,
+    /// `settings.proxy.upstream`, parsed.
+    pub upstream: crate::net::Endpoint,
     pub audit: AuditLog,
     /// Random per process; part of every rejection marker.
     pub nonce: String,
@@ -49,6 +54,8 @@ impl Guard {
         settings: Settings,
         policy_path: Option<PathBuf>,
     ) -> std::io::Result<Arc<Guard>> {
+        let upstream = crate::net::Endpoint::parse(&settings.proxy.upstream)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let audit =
             AuditLog::open(&settings.audit.file, settings.audit.max_statement_chars).await?;
         let switches = policy.default_switches();
@@ -58,12 +65,14 @@ impl Guard {
                 switches,
                 generation: 1,
             }),
+            generation: AtomicU64::new(1),
             policy_path,
             control_lock: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
             clients_registry: std::sync::Mutex::new(BTreeMap::new()),
             clients: Arc::new(Semaphore::new(settings.proxy.max_clients)),
             settings,
+            upstream,
             audit,
             cache: crate::cache::ClassifyCache::default(),
             nonce: format!("{:016x}", rand::random::<u64>()),

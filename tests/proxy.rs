@@ -362,6 +362,57 @@ async fn unreachable_upstream_gets_08006() {
 }
 
 #[tokio::test]
+async fn a_unix_socket_upstream_relays_enforces_and_cancels() {
+    let db = fresh_db();
+    let socket = cluster().socket_path();
+    let g = TestGuard::start_with_upstream(SHIPPED_POLICY, &socket.display().to_string()).await;
+    let app = g.connect("app", &db).await;
+    // The server sees a local connection: the guard did reach it over the
+    // socket, not over TCP.
+    let local: bool = app
+        .query_one("SELECT inet_client_addr() IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(local, "the server saw a TCP client");
+    assert_eq!(count(&app, "SELECT count(*) FROM users").await, 5);
+    app.execute(
+        "INSERT INTO entitlements (user_id, sku, status) VALUES ($1, 'U', 'ACTIVE')",
+        &[&1i64],
+    )
+    .await
+    .unwrap();
+    let err = db_error(app.batch_execute("DELETE FROM users").await);
+    assert_eq!(err.code().code(), "42501");
+    assert_eq!(g.audit().len(), 1);
+    assert_eq!(
+        count(&direct(&db).await, "SELECT count(*) FROM users").await,
+        5
+    );
+
+    // A CancelRequest is forwarded over the socket too.
+    let token = app.cancel_token();
+    let canceller = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        }
+    });
+    let r = app.batch_execute("SELECT pg_sleep(30)").await;
+    canceller.abort();
+    assert_eq!(sqlstate(r), "57014");
+
+    // A socket that is not there: 08006 naming the path.
+    let missing = socket.with_file_name(".s.PGSQL.1");
+    let g = TestGuard::start_with_upstream(SHIPPED_POLICY, &missing.display().to_string()).await;
+    let r = tokio_postgres::connect(&g.url("app", &db), tokio_postgres::NoTls).await;
+    let err = r.err().expect("must fail");
+    let e = err.as_db_error().expect("a database error, not a hang");
+    assert_eq!(e.code().code(), "08006");
+    assert!(e.message().contains(".s.PGSQL.1"), "{}", e.message());
+}
+
+#[tokio::test]
 async fn a_vanished_client_commits_nothing() {
     let db = fresh_db();
     let g = TestGuard::start(SHIPPED_POLICY).await;

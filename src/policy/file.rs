@@ -168,6 +168,12 @@ fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
     if cfg.get_table("audit").is_ok() {
         settings.audit = cfg.get("audit").map_err(err)?;
     }
+    if let Err(message) = crate::net::Endpoint::parse(&settings.proxy.upstream) {
+        return Err(PolicyError::Settings {
+            path: path.display().to_string(),
+            message: format!("[proxy] upstream: {message}"),
+        });
+    }
     // Relative audit paths are relative to the policy file, so that the guard
     // writes to the same place whatever directory it was started from.
     if let Some(dir) = path.parent() {
@@ -473,6 +479,20 @@ mod tests {
             parse("[audit]\nmax_statement_chars = 5\n", Path::new("p.toml")).unwrap();
         std::env::remove_var("ZONEGUARD__AUDIT__MAX_STATEMENT_CHARS");
         assert_eq!(settings.audit.max_statement_chars, 77);
+    }
+
+    #[test]
+    fn the_upstream_is_an_address_or_a_socket_path() {
+        let err = parse("[proxy]\nupstream = \"localhost\"\n", Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[proxy] upstream"), "{err}");
+        let (_, s) = parse(
+            "[proxy]\nupstream = \"/var/run/postgresql\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        assert_eq!(s.proxy.upstream, "/var/run/postgresql");
     }
 
     #[test]

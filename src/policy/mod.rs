@@ -185,13 +185,14 @@ pub struct Settings {
 pub struct ProxySettings {
     /// Address the guard listens on.
     pub listen: String,
-    /// The real PostgreSQL server, `host:port`.
+    /// The real PostgreSQL server: `host:port`, or an absolute path to its
+    /// Unix-domain socket (the socket file, or its directory for port 5432).
     pub upstream: String,
     /// Largest protocol message accepted from a client or server, in bytes.
     pub max_message_bytes: usize,
     /// How long a client may take to send its startup packet, in seconds.
     pub startup_timeout_secs: u64,
-    /// How long to wait for the upstream TCP connection, in seconds.
+    /// How long to wait for the upstream connection, in seconds.
     pub connect_timeout_secs: u64,
     /// Most client connections served at once; more get 53300.
     pub max_clients: usize,

@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Notify};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, Notify};
 
 use super::ClientEnd;
 use crate::audit::{self, AuditRecord, SessionInfo};
@@ -85,6 +84,13 @@ impl ClientSide {
     /// table. Inside a transaction the value read stays as it was when the
     /// transaction began; enforcement never waits for this.
     fn refresh_switch_variables(&mut self) -> Option<Bytes> {
+        let current = self
+            .guard
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        if current == self.switches_applied {
+            return None;
+        }
         let runtime = self.guard.runtime.load();
         if runtime.generation == self.switches_applied {
             return None;
@@ -112,12 +118,12 @@ impl ClientSide {
     /// Ends the session on a protocol violation: what was judged before it is
     /// sent on, the error goes to the other half to deliver, the server side
     /// is closed.
-    async fn violation(
+    async fn violation<W: AsyncWrite + Unpin>(
         &self,
         e: ProtocolError,
-        uw: &mut OwnedWriteHalf,
+        uw: &mut W,
         out: &[u8],
-        fatal: &mpsc::Sender<Bytes>,
+        fatal: oneshot::Sender<Bytes>,
     ) -> ClientEnd {
         tracing::info!(session = self.info.id, error = %e, "protocol violation from client");
         let _ = uw.write_all(out).await;
@@ -131,17 +137,21 @@ impl ClientSide {
             &format!("zoneguard: {e}"),
             Some("The connection is closed; nothing after the last complete message was run."),
         );
-        let _ = fatal.send(msg).await;
+        let _ = fatal.send(msg);
         let _ = uw.shutdown().await;
         ClientEnd::Fatal
     }
 
-    pub(crate) async fn run(
+    pub(crate) async fn run<R, W>(
         &mut self,
-        mut cr: OwnedReadHalf,
-        mut uw: OwnedWriteHalf,
-        fatal: mpsc::Sender<Bytes>,
-    ) -> ClientEnd {
+        mut cr: R,
+        mut uw: W,
+        fatal: oneshot::Sender<Bytes>,
+    ) -> ClientEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let max = self.guard.settings.proxy.max_message_bytes;
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut out = BytesMut::new();
@@ -162,7 +172,7 @@ impl ClientSide {
                 let frame = match protocol::next_frame(&mut buf, max) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
-                    Err(e) => return self.violation(e, &mut uw, &out, &fatal).await,
+                    Err(e) => return self.violation(e, &mut uw, &out, fatal).await,
                 };
                 match frame.tag() {
                     b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
@@ -184,7 +194,7 @@ impl ClientSide {
                 match self.judge_frame(&frame).await {
                     Ok(Some(replacement)) => out.extend_from_slice(&replacement),
                     Ok(None) => out.extend_from_slice(&frame.raw),
-                    Err(e) => return self.violation(e, &mut uw, &out, &fatal).await,
+                    Err(e) => return self.violation(e, &mut uw, &out, fatal).await,
                 }
                 if frame.tag() == b'X' {
                     let _ = uw.write_all(&out).await;

@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use crate::audit::{self, SessionInfo};
+use crate::net;
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
 use crate::reject::Rejections;
 use crate::server::Guard;
@@ -56,7 +57,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
                 "08006",
                 &format!(
                     "zoneguard could not connect to the database server at {}: {e}",
-                    guard.settings.proxy.upstream
+                    guard.upstream
                 ),
                 Some("Check that PostgreSQL is running and that [proxy] upstream in policy.toml points at it."),
             );
@@ -105,13 +106,9 @@ async fn startup_phase(
     }
 }
 
-async fn connect_upstream(guard: &Guard) -> std::io::Result<TcpStream> {
-    let dur = Duration::from_secs(guard.settings.proxy.connect_timeout_secs);
-    let s = tokio::time::timeout(dur, TcpStream::connect(&guard.settings.proxy.upstream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
-    s.set_nodelay(true)?;
-    Ok(s)
+async fn connect_upstream(guard: &Guard) -> std::io::Result<net::Stream> {
+    let timeout = Duration::from_secs(guard.settings.proxy.connect_timeout_secs);
+    guard.upstream.connect(timeout).await
 }
 
 /// How the client-to-server half ended.
@@ -127,16 +124,41 @@ async fn relay(
     info: SessionInfo,
     startup: Startup,
     client: TcpStream,
-    mut upstream: TcpStream,
+    mut upstream: net::Stream,
 ) {
     if upstream.write_all(&startup.raw).await.is_err() {
         return;
     }
     let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
+    // Owned halves of the concrete socket types: no lock between the halves.
+    match upstream {
+        net::Stream::Tcp(s) => {
+            let (ur, uw) = s.into_split();
+            relay_halves(guard, info, cr, cw, ur, uw).await
+        }
+        net::Stream::Unix(s) => {
+            let (ur, uw) = s.into_split();
+            relay_halves(guard, info, cr, cw, ur, uw).await
+        }
+    }
+}
+
+async fn relay_halves<CR, CW, UR, UW>(
+    guard: Arc<Guard>,
+    info: SessionInfo,
+    cr: CR,
+    cw: CW,
+    ur: UR,
+    uw: UW,
+) where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let rejections = Arc::new(Mutex::new(Rejections::new(&guard.nonce)));
     let ready = Arc::new(Notify::new());
-    let (fatal_tx, fatal_rx) = mpsc::channel::<Bytes>(1);
+    let (fatal_tx, fatal_rx) = oneshot::channel::<Bytes>();
     let mut c2s = client::ClientSide::new(guard.clone(), info, rejections.clone(), ready.clone());
     let c2s = c2s.run(cr, uw, fatal_tx);
     let s2c = server::server_to_client(ur, cw, rejections, fatal_rx, ready);

@@ -6,9 +6,8 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Notify};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, Notify};
 
 use crate::protocol::{self, Severity};
 use crate::reject::Rejections;
@@ -25,20 +24,23 @@ fn standard_strings_off(body: &[u8]) -> bool {
     )
 }
 
-pub(crate) async fn server_to_client(
-    mut ur: OwnedReadHalf,
-    mut cw: OwnedWriteHalf,
+pub(crate) async fn server_to_client<R, W>(
+    mut ur: R,
+    mut cw: W,
     rejections: Arc<Mutex<Rejections>>,
-    mut fatal: mpsc::Receiver<Bytes>,
+    mut fatal: oneshot::Receiver<Bytes>,
     ready: Arc<Notify>,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = BytesMut::new();
     loop {
         tokio::select! {
             biased;
-            msg = fatal.recv() => {
-                if let Some(msg) = msg {
+            msg = &mut fatal => {
+                if let Ok(msg) = msg {
                     let _ = cw.write_all(&msg).await;
                 }
                 let _ = cw.shutdown().await;

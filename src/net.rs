@@ -1,0 +1,156 @@
+//! Where the guard's connections go: the upstream PostgreSQL server, over TCP
+//! (`host:port`) or a Unix-domain socket (an absolute path), as libpq and
+//! PgBouncer allow. A local server is cheaper to reach over its socket: no
+//! TCP stack on the way (see README, "Performance").
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+/// The port PostgreSQL's socket file is named after when `upstream` names a
+/// directory (libpq's default).
+const DEFAULT_PORT: u16 = 5432;
+
+/// Where the upstream server is, as `[proxy] upstream` says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `host:port`.
+    Tcp(String),
+    /// The socket file, e.g. `/var/run/postgresql/.s.PGSQL.5432`.
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// `host:port` is TCP; an absolute path is a Unix-domain socket: the
+    /// socket file itself (`.../.s.PGSQL.5433`) or the directory holding it
+    /// (then `.s.PGSQL.5432` in it, libpq's default port).
+    pub fn parse(s: &str) -> Result<Endpoint, String> {
+        if s.starts_with('/') {
+            let path = Path::new(s);
+            let named_socket = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".s.PGSQL."));
+            return Ok(Endpoint::Unix(if named_socket {
+                path.to_path_buf()
+            } else {
+                path.join(format!(".s.PGSQL.{DEFAULT_PORT}"))
+            }));
+        }
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Endpoint::Tcp(s.to_string()))
+            }
+            _ => Err(format!(
+                "{s:?} is neither host:port nor an absolute path to a Unix-domain socket (or its directory)"
+            )),
+        }
+    }
+
+    /// Connects, within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> io::Result<Stream> {
+        let connect = async {
+            Ok::<_, io::Error>(match self {
+                Endpoint::Tcp(addr) => {
+                    let s = TcpStream::connect(addr).await?;
+                    s.set_nodelay(true)?;
+                    Stream::Tcp(s)
+                }
+                Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path).await?),
+            })
+        };
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))?
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => f.write_str(a),
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A connection to the upstream server.
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let tcp = |s: &str| Endpoint::Tcp(s.into());
+        let unix = |s: &str| Endpoint::Unix(s.into());
+        for (input, want) in [
+            ("127.0.0.1:5432", Ok(tcp("127.0.0.1:5432"))),
+            ("db.internal:6543", Ok(tcp("db.internal:6543"))),
+            ("[::1]:5432", Ok(tcp("[::1]:5432"))),
+            (
+                "/var/run/postgresql",
+                Ok(unix("/var/run/postgresql/.s.PGSQL.5432")),
+            ),
+            (
+                "/var/run/postgresql/",
+                Ok(unix("/var/run/postgresql/.s.PGSQL.5432")),
+            ),
+            ("/tmp/.s.PGSQL.5433", Ok(unix("/tmp/.s.PGSQL.5433"))),
+        ] {
+            assert_eq!(Endpoint::parse(input), want, "{input}");
+        }
+        for bad in ["localhost", "db:port", ":5432", "relative/dir", ""] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
