@@ -28,7 +28,11 @@ const SHARDS: usize = 16;
 /// A bounded, sharded cache from statement text to its classification.
 /// Each shard evicts with the CLOCK algorithm (second chance).
 pub struct ClassifyCache {
-    shards: Vec<Mutex<Shard>>,
+    /// Keyed by the statement's exact text.
+    exact: Vec<Mutex<Shard>>,
+    /// Keyed by the normalised text (see [`normalize`]). Two sets of
+    /// shards, so a lookup needs no key built from the exact text.
+    normalized: Vec<Mutex<Shard>>,
     hasher: RandomState,
 }
 
@@ -96,8 +100,8 @@ impl ClassifyCache {
     /// A cache holding at most about `capacity` statements.
     pub fn new(capacity: usize) -> Self {
         let cap = capacity.div_ceil(SHARDS).max(1);
-        ClassifyCache {
-            shards: (0..SHARDS)
+        let shards = || {
+            (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
                         map: HashMap::with_capacity(cap),
@@ -106,29 +110,35 @@ impl ClassifyCache {
                         cap,
                     })
                 })
-                .collect(),
+                .collect()
+        };
+        ClassifyCache {
+            exact: shards(),
+            normalized: shards(),
             hasher: RandomState::new(),
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<Shard> {
+    fn shard<'a>(&self, set: &'a [Mutex<Shard>], key: &str) -> &'a Mutex<Shard> {
         let h = self.hasher.hash_one(key) as usize;
-        &self.shards[h % SHARDS]
+        &set[h % SHARDS]
     }
 
-    fn get(&self, key: &str) -> Option<Arc<Vec<StatementInfo>>> {
-        self.shard(key).lock().unwrap().get(key)
+    fn get(&self, set: &[Mutex<Shard>], key: &str) -> Option<Arc<Vec<StatementInfo>>> {
+        self.shard(set, key).lock().unwrap().get(key)
     }
 
-    fn insert(&self, key: String, value: Arc<Vec<StatementInfo>>) {
+    fn insert(&self, set: &[Mutex<Shard>], key: &str, value: Arc<Vec<StatementInfo>>) {
         let key: Arc<str> = key.into();
-        self.shard(&key).lock().unwrap().insert(key, value);
+        self.shard(set, &key).lock().unwrap().insert(key, value);
     }
 
-    /// Number of cached statements.
+    /// Number of cached statements (at most about `capacity` exact ones and
+    /// as many normalised ones).
     pub fn len(&self) -> usize {
-        self.shards
+        self.exact
             .iter()
+            .chain(self.normalized.iter())
             .map(|s| s.lock().unwrap().slots.len())
             .sum()
     }
@@ -142,36 +152,29 @@ impl ClassifyCache {
         if sql.len() > MAX_KEY_BYTES {
             return Arc::new(classify::classify(sql));
         }
-        let exact = || {
-            let mut k = String::with_capacity(sql.len() + 1);
-            k.push('X');
-            k.push_str(sql);
-            k
-        };
+        let (exact, normalized) = (&self.exact[..], &self.normalized[..]);
         match normalize(sql) {
             Some(norm) => {
-                if let Some(v) = self.get(&norm) {
+                if let Some(v) = self.get(normalized, &norm) {
                     return v;
                 }
-                let exact = exact();
-                if let Some(v) = self.get(&exact) {
+                if let Some(v) = self.get(exact, sql) {
                     return v;
                 }
                 let v = Arc::new(classify::classify(sql));
                 if has_unparsed(&v) {
-                    self.insert(exact, v.clone());
+                    self.insert(exact, sql, v.clone());
                 } else {
-                    self.insert(norm, v.clone());
+                    self.insert(normalized, &norm, v.clone());
                 }
                 v
             }
             None => {
-                let exact = exact();
-                if let Some(v) = self.get(&exact) {
+                if let Some(v) = self.get(exact, sql) {
                     return v;
                 }
                 let v = Arc::new(classify::classify(sql));
-                self.insert(exact, v.clone());
+                self.insert(exact, sql, v.clone());
                 v
             }
         }
@@ -222,9 +225,10 @@ enum Last {
 }
 
 /// The cache key for `sql` with value literals replaced by markers, or `None`
-/// if `sql` must be keyed exactly. Normalised keys start with `N`, exact ones
-/// with `X`, so the two never collide; markers contain NUL, which a protocol
-/// string cannot.
+/// if `sql` must be keyed exactly. Normalised and exact keys live in separate
+/// maps, so they never collide; markers contain NUL, which a protocol string
+/// cannot, so two different statements never share a normalised key unless
+/// they differ only in replaced literals.
 pub fn normalize(sql: &str) -> Option<String> {
     let b = sql.as_bytes();
     if b.contains(&0) || b.contains(&b'\\') {
@@ -242,8 +246,7 @@ pub fn normalize(sql: &str) -> Option<String> {
         return None;
     }
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
-    let mut out = String::with_capacity(sql.len() + 1);
-    out.push('N');
+    let mut out = String::with_capacity(sql.len());
     let mut lists: Vec<bool> = Vec::new();
     let mut last = Last::Other;
     let mut last_word = "";

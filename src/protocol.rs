@@ -187,6 +187,16 @@ pub fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Proto
     }))
 }
 
+/// A statement's text as the classifier reads it: borrowed when it is valid
+/// UTF-8 (the usual case, checked by the fast validator), else with invalid
+/// bytes replaced.
+pub fn sql_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// The SQL text of a simple Query message.
 pub fn query_text(body: &[u8]) -> Result<&[u8], ProtocolError> {
     let mut b = body;

@@ -130,7 +130,10 @@ async fn a_console_flip_changes_what_is_allowed_and_is_written_back_and_audited(
         .await
         .unwrap();
     // Panic mode: the new zone takes no writes, the legacy checkout may insert
-    // into transactions, and nothing else opens.
+    // into transactions, and nothing else opens. (The INSERT below has the
+    // same shape as the one allowed above, so it shares its cached
+    // classification: the session's remembered verdict must not outlive the
+    // flip.)
     let err = db_error(
         app.batch_execute(
             "INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'OFF', 'ACTIVE')",

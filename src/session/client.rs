@@ -53,7 +53,18 @@ pub(crate) struct ClientSide {
     syncs_since_execute: usize,
     /// Notified by the server half on every ReadyForQuery.
     ready: Arc<Notify>,
+    /// Classifications (shared with the cache) this session recently saw
+    /// allowed, with the policy generation they were judged under. The
+    /// verdict is a pure function of the classification, the session's role
+    /// and the policy (switches included) of that generation, except for
+    /// `EXECUTE name`, which depends on the session's PREPAREs and is never
+    /// remembered here. A hit skips judging, not classifying.
+    allowed_memo: [Option<(Arc<Vec<StatementInfo>>, u64)>; MEMO],
+    memo_next: usize,
 }
+
+/// How many allowed classifications a session remembers.
+const MEMO: usize = 8;
 
 impl ClientSide {
     pub(crate) fn new(
@@ -74,6 +85,8 @@ impl ClientSide {
             barrier_at_sync: false,
             syncs_since_execute: 0,
             ready,
+            allowed_memo: Default::default(),
+            memo_next: 0,
         }
     }
 
@@ -234,7 +247,7 @@ impl ClientSide {
     ) -> Result<Option<Bytes>, ProtocolError> {
         match frame.tag() {
             b'Q' => {
-                let sql = String::from_utf8_lossy(protocol::query_text(frame.body())?);
+                let sql = protocol::sql_text(protocol::query_text(frame.body())?);
                 let verdict = self.judge_sql(&sql);
                 let out = match verdict {
                     Some(denial) => {
@@ -248,7 +261,7 @@ impl ClientSide {
             }
             b'P' => {
                 let msg = protocol::parse_message(frame.body())?;
-                let sql = String::from_utf8_lossy(msg.query);
+                let sql = protocol::sql_text(msg.query);
                 let generation = self.guard.runtime.load().generation;
                 let verdict = if self.barrier_at_sync {
                     Some(pipelined_after_barrier())
@@ -262,8 +275,19 @@ impl ClientSide {
                         Ok(Some(protocol::parse_message_bytes(msg.name, &replacement)))
                     }
                     None => {
-                        self.parsed
-                            .insert(msg.name.to_vec(), (generation, sql.into_owned()));
+                        // Drivers re-parse the unnamed statement for every
+                        // query: reuse its entry's allocations.
+                        match self.parsed.get_mut(msg.name) {
+                            Some(entry) => {
+                                entry.0 = generation;
+                                entry.1.clear();
+                                entry.1.push_str(&sql);
+                            }
+                            None => {
+                                self.parsed
+                                    .insert(msg.name.to_vec(), (generation, sql.into_owned()));
+                            }
+                        }
                         Ok(None)
                     }
                 }
@@ -350,11 +374,31 @@ impl ClientSide {
             role: &self.info.user,
             switches: &runtime.switches,
         };
-        let prepared = &self.prepared;
-        for st in statements.iter() {
-            if let Verdict::Deny(d) = runtime.policy.judge(st, facts, &|name| prepared.get(name)) {
-                stats.count_rejection(&d.rule);
-                return Some(*d);
+        let remembered = self
+            .allowed_memo
+            .iter()
+            .flatten()
+            .any(|(seen, generation)| {
+                *generation == runtime.generation && Arc::ptr_eq(seen, &statements)
+            });
+        if !remembered {
+            let prepared = &self.prepared;
+            for st in statements.iter() {
+                if let Verdict::Deny(d) =
+                    runtime.policy.judge(st, facts, &|name| prepared.get(name))
+                {
+                    stats.count_rejection(&d.rule);
+                    return Some(*d);
+                }
+            }
+            let executes = statements.iter().any(|st| {
+                st.specials
+                    .iter()
+                    .any(|sp| matches!(sp, Special::ExecutePrepared { .. }))
+            });
+            if !executes {
+                self.allowed_memo[self.memo_next] = Some((statements.clone(), runtime.generation));
+                self.memo_next = (self.memo_next + 1) % MEMO;
             }
         }
         stats.allowed.fetch_add(

@@ -164,6 +164,8 @@ async fn relay_halves<CR, CW, UR, UW>(
     let s2c = server::server_to_client(ur, cw, rejections, fatal_rx, ready);
     tokio::pin!(c2s, s2c);
     tokio::select! {
+        // A fixed order: no random number drawn on every wake-up.
+        biased;
         _ = &mut s2c => {}
         end = &mut c2s => {
             if let ClientEnd::Fatal = end {

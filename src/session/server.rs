@@ -61,84 +61,37 @@ pub(crate) async fn server_to_client<R, W>(
                 Ok(_) => {}
             }
         }
-        // Frames are inspected in place; the bytes that pass through are
-        // written straight from `buf`, copied into `out` only when a
-        // rejection's error is rewritten in the same batch.
-        let mut off = 0;
-        loop {
-            let total = match protocol::peek_frame_len(&buf[off..], MAX_SERVER_MESSAGE) {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "bad message from the database server");
-                    let msg = protocol::error_response(
-                        Severity::Fatal,
-                        "08P01",
-                        &format!("zoneguard: bad message from the database server: {e}"),
-                        None,
-                    );
-                    out.extend_from_slice(&buf[..off]);
-                    let _ = cw.write_all(&out).await;
-                    let _ = cw.write_all(&msg).await;
-                    return;
-                }
-            };
-            let tag = buf[off];
-            if rejections.lock().unwrap().swallowing() {
-                // Replies to the guard's own Query: not relayed.
-                match tag {
-                    b'Z' => {
-                        rejections.lock().unwrap().on_ready();
-                        ready.notify_waiters();
-                    }
-                    b'E' => tracing::warn!(
-                        error = %String::from_utf8_lossy(&buf[off + 5..off + total]),
-                        "setting zoneguard.* session variables failed"
-                    ),
-                    _ => {}
-                }
+        // One lock for the whole batch: the scan does not wait on anything.
+        let scanned = scan(&mut buf, &mut out, &mut rejections.lock().unwrap(), &ready);
+        let off = match scanned {
+            Scan::Relay(off) => off,
+            Scan::BadFrame(e, off) => {
+                tracing::error!(error = %e, "bad message from the database server");
+                let msg = protocol::error_response(
+                    Severity::Fatal,
+                    "08P01",
+                    &format!("zoneguard: bad message from the database server: {e}"),
+                    None,
+                );
                 out.extend_from_slice(&buf[..off]);
-                buf.advance(off + total);
-                off = 0;
-                continue;
+                let _ = cw.write_all(&out).await;
+                let _ = cw.write_all(&msg).await;
+                return;
             }
-            match tag {
-                b'S' if standard_strings_off(&buf[off + 5..off + total]) => {
-                    let msg = protocol::error_response(
-                        Severity::Fatal,
-                        "0A000",
-                        "zoneguard requires standard_conforming_strings = on",
-                        Some("With it off, backslashes in strings change where a string ends, and the guard could misread a statement. Set it back to on for this role and database."),
-                    );
-                    out.extend_from_slice(&buf[..off]);
-                    let _ = cw.write_all(&out).await;
-                    let _ = cw.write_all(&msg).await;
-                    let _ = cw.shutdown().await;
-                    return;
-                }
-                b'E' => {
-                    let mut r = rejections.lock().unwrap();
-                    if r.has_pending() {
-                        if let Some(ours) = r.rewrite_error(&buf[off..off + total]) {
-                            out.extend_from_slice(&buf[..off]);
-                            out.extend_from_slice(&ours);
-                            buf.advance(off + total);
-                            off = 0;
-                            continue;
-                        }
-                    }
-                }
-                b'Z' => {
-                    let mut r = rejections.lock().unwrap();
-                    r.on_ready();
-                    r.status = buf.get(off + 5).copied().unwrap_or(b'I');
-                    drop(r);
-                    ready.notify_waiters();
-                }
-                _ => {}
+            Scan::StandardStringsOff(off) => {
+                let msg = protocol::error_response(
+                    Severity::Fatal,
+                    "0A000",
+                    "zoneguard requires standard_conforming_strings = on",
+                    Some("With it off, backslashes in strings change where a string ends, and the guard could misread a statement. Set it back to on for this role and database."),
+                );
+                out.extend_from_slice(&buf[..off]);
+                let _ = cw.write_all(&out).await;
+                let _ = cw.write_all(&msg).await;
+                let _ = cw.shutdown().await;
+                return;
             }
-            off += total;
-        }
+        };
         if out.is_empty() {
             if off > 0 && cw.write_all(&buf[..off]).await.is_err() {
                 return;
@@ -157,5 +110,71 @@ pub(crate) async fn server_to_client<R, W>(
             }
             out.clear();
         }
+    }
+}
+
+/// What [`scan`] found.
+enum Scan {
+    /// `buf[..n]` is to be relayed (after `out`, if `out` is not empty).
+    Relay(usize),
+    /// A malformed frame at `buf[n..]`.
+    BadFrame(protocol::ProtocolError, usize),
+    /// The frame at `buf[n..]` reports standard_conforming_strings off.
+    StandardStringsOff(usize),
+}
+
+/// Walks the complete frames at the start of `buf`. Frames are inspected in
+/// place; the bytes that pass through stay in `buf`, and are copied into
+/// `out` only when a rejection's error is rewritten or a reply to the
+/// guard's own query is swallowed in the same batch (consumed frames are
+/// advanced out of `buf`).
+fn scan(buf: &mut BytesMut, out: &mut BytesMut, r: &mut Rejections, ready: &Notify) -> Scan {
+    let mut off = 0;
+    loop {
+        let total = match protocol::peek_frame_len(&buf[off..], MAX_SERVER_MESSAGE) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Scan::Relay(off),
+            Err(e) => return Scan::BadFrame(e, off),
+        };
+        let tag = buf[off];
+        if r.swallowing() {
+            // Replies to the guard's own Query: not relayed.
+            match tag {
+                b'Z' => {
+                    r.on_ready();
+                    ready.notify_waiters();
+                }
+                b'E' => tracing::warn!(
+                    error = %String::from_utf8_lossy(&buf[off + 5..off + total]),
+                    "setting zoneguard.* session variables failed"
+                ),
+                _ => {}
+            }
+            out.extend_from_slice(&buf[..off]);
+            buf.advance(off + total);
+            off = 0;
+            continue;
+        }
+        match tag {
+            b'S' if standard_strings_off(&buf[off + 5..off + total]) => {
+                return Scan::StandardStringsOff(off)
+            }
+            b'E' if r.has_pending() => {
+                if let Some(ours) = r.rewrite_error(&buf[off..off + total]) {
+                    out.extend_from_slice(&buf[..off]);
+                    out.extend_from_slice(&ours);
+                    buf.advance(off + total);
+                    off = 0;
+                    continue;
+                }
+            }
+            b'Z' => {
+                r.on_ready();
+                r.status = buf.get(off + 5).copied().unwrap_or(b'I');
+                ready.notify_waiters();
+            }
+            _ => {}
+        }
+        off += total;
     }
 }
