@@ -153,12 +153,15 @@ impl ClassifyCache {
             return Arc::new(classify::classify(sql));
         }
         let (exact, normalized) = (&self.exact[..], &self.normalized[..]);
+        // The exact text first: it needs no normalising, and it is what
+        // statements with parameters instead of literals (the extended
+        // protocol's usual case) hit every time.
+        if let Some(v) = self.get(exact, sql) {
+            return v;
+        }
         match normalize(sql) {
             Some(norm) => {
                 if let Some(v) = self.get(normalized, &norm) {
-                    return v;
-                }
-                if let Some(v) = self.get(exact, sql) {
                     return v;
                 }
                 let v = Arc::new(classify::classify(sql));
@@ -170,9 +173,6 @@ impl ClassifyCache {
                 v
             }
             None => {
-                if let Some(v) = self.get(exact, sql) {
-                    return v;
-                }
                 let v = Arc::new(classify::classify(sql));
                 self.insert(exact, sql, v.clone());
                 v
@@ -195,13 +195,36 @@ fn has_unparsed(v: &[StatementInfo]) -> bool {
 /// Statement kinds whose literals may be normalised.
 const DML_STARTS: [&str; 6] = ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES"];
 
-/// Appends a literal to the key: as `marker` where its position makes it a
-/// plain value (after an operator, or a list item), else as written.
-/// Returns whether it was replaced.
-fn push_literal(out: &mut String, last: Last, marker: &str, text: &str) -> bool {
-    let plain = matches!(last, Last::Op | Last::ListItem);
-    out.push_str(if plain { marker } else { text });
-    plain
+/// The normalised key being built: `sql` as written, except replaced
+/// literals. Unchanged runs are copied in one piece when a literal is
+/// replaced (and at the end), not byte by byte.
+struct Key<'a> {
+    sql: &'a str,
+    out: String,
+    /// `sql[..copied]` is in `out` already.
+    copied: usize,
+    replaced: bool,
+}
+
+impl<'a> Key<'a> {
+    /// A literal at `sql[start..end]`: replaced by `marker` where its
+    /// position makes it a plain value (after an operator, or a list item),
+    /// else kept as written.
+    fn literal(&mut self, last: Last, marker: &str, start: usize, end: usize) {
+        if matches!(last, Last::Op | Last::ListItem) {
+            self.out.push_str(&self.sql[self.copied..start]);
+            self.out.push_str(marker);
+            self.copied = end;
+            self.replaced = true;
+        }
+    }
+
+    fn finish(mut self) -> Option<String> {
+        self.replaced.then(|| {
+            self.out.push_str(&self.sql[self.copied..]);
+            self.out
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -246,18 +269,21 @@ pub fn normalize(sql: &str) -> Option<String> {
         return None;
     }
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
-    let mut out = String::with_capacity(sql.len());
+    let mut key = Key {
+        sql,
+        out: String::with_capacity(sql.len()),
+        copied: 0,
+        replaced: false,
+    };
     let mut lists: Vec<bool> = Vec::new();
     let mut last = Last::Other;
     let mut last_word = "";
     let mut i = 0;
-    let mut replaced = false;
     while i < b.len() {
         let c = b[i];
         let prev = if i > 0 { b[i - 1] } else { b' ' };
         match c {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0c => {
-                out.push(c as char);
                 i += 1;
                 continue;
             }
@@ -269,12 +295,10 @@ pub fn normalize(sql: &str) -> Option<String> {
                 if !sql[i + 1..].trim().is_empty() {
                     return None;
                 }
-                out.push_str(&sql[i..]);
                 break;
             }
             b'"' => {
                 let end = quoted_end(b, i, b'"')?;
-                out.push_str(&sql[i..end]);
                 i = end;
                 last = Last::Other;
                 continue;
@@ -284,21 +308,19 @@ pub fn normalize(sql: &str) -> Option<String> {
                     return None;
                 }
                 let end = quoted_end(b, i, b'\'')?;
-                replaced |= push_literal(&mut out, last, "\0s", &sql[i..end]);
+                key.literal(last, "\0s", i, end);
                 i = end;
                 last = Last::Other;
                 continue;
             }
             b'0'..=b'9' if ident(prev) || prev == b'.' => {
                 // Part of a word or a `$n` parameter.
-                let end = i + b[i..].iter().take_while(|&&c| ident(c)).count();
-                out.push_str(&sql[i..end]);
-                i = end;
+                i += b[i..].iter().take_while(|&&c| ident(c)).count();
                 continue;
             }
             b'0'..=b'9' => {
                 let end = number_end(b, i)?;
-                replaced |= push_literal(&mut out, last, "\0n", &sql[i..end]);
+                key.literal(last, "\0n", i, end);
                 i = end;
                 last = Last::Other;
                 continue;
@@ -307,7 +329,6 @@ pub fn normalize(sql: &str) -> Option<String> {
             _ if ident(c) => {
                 let end = i + b[i..].iter().take_while(|&&c| ident(c)).count();
                 last_word = &sql[i..end];
-                out.push_str(last_word);
                 i = end;
                 last = Last::Word;
                 continue;
@@ -336,10 +357,9 @@ pub fn normalize(sql: &str) -> Option<String> {
             b'=' | b'<' | b'>' | b'+' | b'-' | b'*' | b'/' | b'%' | b'!' => last = Last::Op,
             _ => last = Last::Other,
         }
-        out.push(c as char);
         i += 1;
     }
-    replaced.then_some(out)
+    key.finish()
 }
 
 /// Whether `hay` contains `needle` (lower case ASCII), ignoring ASCII case;
