@@ -3,7 +3,6 @@
 //! rejection; a failed write is logged as an error with the record itself,
 //! never dropped in silence.
 
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -35,7 +34,8 @@ pub struct AuditRecord {
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
     pub id: u64,
-    pub client_addr: SocketAddr,
+    /// `ip:port`, or `[local]` for a Unix-domain socket (as PostgreSQL logs it).
+    pub client_addr: String,
     pub user: String,
     pub database: String,
     pub application_name: String,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 
 use zoneguard::cluster::Cluster;
 use zoneguard::policy::{self, Policy, Settings};
@@ -33,6 +33,9 @@ struct Cli {
     /// Address to listen on, overriding [proxy] listen.
     #[arg(long, global = true)]
     listen: Option<String>,
+    /// Also listen on a Unix-domain socket in this directory, overriding [proxy] unix_socket_dir.
+    #[arg(long, global = true)]
+    unix_socket_dir: Option<String>,
     /// The PostgreSQL server, HOST:PORT or a Unix-socket path, overriding [proxy] upstream.
     #[arg(long, global = true)]
     upstream: Option<String>,
@@ -138,6 +141,9 @@ fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {
     if let Some(l) = &cli.listen {
         settings.proxy.listen = l.clone();
     }
+    if let Some(d) = &cli.unix_socket_dir {
+        settings.proxy.unix_socket_dir = d.clone();
+    }
     if let Some(u) = &cli.upstream {
         zoneguard::net::Endpoint::parse(u).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
         settings.proxy.upstream = u.clone();
@@ -148,19 +154,49 @@ fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {
     Ok((policy, settings))
 }
 
+/// The guard's listeners: TCP, and the Unix-domain socket if configured.
+struct Listeners {
+    tcp: TcpListener,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    /// Serves until Ctrl-C or SIGTERM, then removes the socket file.
+    async fn serve(self, guard: std::sync::Arc<Guard>) {
+        let (unix, path) = match self.unix {
+            Some((l, p)) => (Some(l), Some(p)),
+            None => (None, None),
+        };
+        server::run_listeners(self.tcp, unix, guard, shutdown_signal()).await;
+        if let Some(p) = path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 async fn start(
     policy: Policy,
     settings: Settings,
     path: Option<PathBuf>,
-) -> anyhow::Result<(TcpListener, std::sync::Arc<Guard>)> {
-    let listener = TcpListener::bind(&settings.proxy.listen)
+) -> anyhow::Result<(Listeners, std::sync::Arc<Guard>)> {
+    let tcp = TcpListener::bind(&settings.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.proxy.listen))?;
+    let unix = if settings.proxy.unix_socket_dir.is_empty() {
+        None
+    } else {
+        let dir = PathBuf::from(&settings.proxy.unix_socket_dir);
+        let port = tcp.local_addr()?.port();
+        Some(
+            zoneguard::net::bind_client_socket(&dir, port)
+                .with_context(|| format!("cannot listen on a Unix socket in {}", dir.display()))?,
+        )
+    };
     let guard = Guard::new(policy, settings, path)
         .await
         .context("cannot start the guard (audit log or [proxy] upstream)")?;
     zoneguard::control::spawn_watchers(guard.clone());
-    Ok((listener, guard))
+    Ok((Listeners { tcp, unix }, guard))
 }
 
 /// Ctrl-C or SIGTERM.
@@ -181,14 +217,15 @@ async fn shutdown_signal() {
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let (policy, settings) = load_policy(cli)?;
-    let (listener, guard) = start(policy, settings, Some(cli.policy.clone())).await?;
+    let (listeners, guard) = start(policy, settings, Some(cli.policy.clone())).await?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %listeners.tcp.local_addr()?,
+        unix_socket = ?listeners.unix.as_ref().map(|(_, p)| p.display().to_string()),
         upstream = %guard.settings.proxy.upstream,
         audit = %guard.audit.target,
         "zoneguard ready"
     );
-    server::run(listener, guard, shutdown_signal()).await;
+    listeners.serve(guard).await;
     tracing::info!("zoneguard stopped");
     Ok(())
 }
@@ -213,6 +250,7 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
         policy: copy.clone(),
         listen: cli.listen.clone(),
         upstream: None,
+        unix_socket_dir: cli.unix_socket_dir.clone(),
         audit_file: cli.audit_file.clone(),
         log_level: None,
         threads: cli.threads,
@@ -227,8 +265,8 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
     })
     .await??;
     settings.proxy.upstream = cluster.addr();
-    let (listener, guard) = start(policy, settings, Some(copy.clone())).await?;
-    let addr = listener.local_addr()?;
+    let (listeners, guard) = start(policy, settings, Some(copy.clone())).await?;
+    let addr = listeners.tcp.local_addr()?;
     println!();
     println!("zoneguard demo is up.");
     println!("  through the guard:  psql postgresql://app@{addr}/shop");
@@ -238,10 +276,17 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
         cluster.url("postgres", "shop")
     );
     println!("  admin console:      psql postgresql://zgadmin:zgadmin@{addr}/zoneguard");
+    if let Some((_, path)) = &listeners.unix {
+        let dir = path.parent().unwrap_or(path).display();
+        println!(
+            "  over the socket:    psql -h {dir} -p {} -U app shop",
+            addr.port()
+        );
+    }
     println!("  policy (a copy):    {}", copy.display());
     println!("  audit log:          {}", guard.audit.target);
     println!("Ctrl-C stops the guard and deletes the database.");
-    server::run(listener, guard, shutdown_signal()).await;
+    listeners.serve(guard).await;
     drop(cluster);
     drop(dir);
     Ok(())

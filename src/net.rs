@@ -1,7 +1,8 @@
-//! Where the guard's connections go: the upstream PostgreSQL server, over TCP
+//! The guard's sockets: the upstream PostgreSQL server, over TCP
 //! (`host:port`) or a Unix-domain socket (an absolute path), as libpq and
-//! PgBouncer allow. A local server is cheaper to reach over its socket: no
-//! TCP stack on the way (see README, "Performance").
+//! PgBouncer allow, and the optional Unix-domain socket clients on the same
+//! machine connect to. A socket is cheaper than TCP: no TCP stack on the way
+//! (see README, "Performance").
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -79,7 +80,7 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// A connection to the upstream server.
+/// A connection: to the upstream server, or from a client.
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -125,9 +126,49 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Binds the clients' Unix-domain socket `dir/.s.PGSQL.<port>`, named like
+/// PostgreSQL's and PgBouncer's, so `psql -h dir -p port` finds it. A socket
+/// file left by a guard that died is replaced; one that answers is in use
+/// and refused. The file is readable and writable by everyone (as
+/// PostgreSQL's default `unix_socket_permissions` 0777): authentication is
+/// the server's.
+pub fn bind_client_socket(
+    dir: &Path,
+    port: u16,
+) -> io::Result<(tokio::net::UnixListener, PathBuf)> {
+    let path = dir.join(format!(".s.PGSQL.{port}"));
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by another server", path.display()),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+    Ok((listener, path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stale_client_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = std::os::unix::net::UnixListener::bind(dir.path().join(".s.PGSQL.7")).unwrap();
+        drop(stale); // the file stays, nobody answers
+        let (_listener, path) = bind_client_socket(dir.path(), 7).unwrap();
+        assert_eq!(path, dir.path().join(".s.PGSQL.7"));
+        let other = bind_client_socket(dir.path(), 7);
+        assert_eq!(
+            other.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
+    }
 
     #[test]
     fn endpoints() {

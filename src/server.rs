@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
 use crate::audit::AuditLog;
+use crate::net::Stream;
 use crate::policy::{Policy, Settings};
 use crate::protocol::{self, Severity};
 
@@ -119,21 +120,37 @@ pub struct ClientEntry {
 /// Accepts clients until `shutdown` completes. Takes an already-bound
 /// listener, so tests bind port 0 and run the real server in-process.
 pub async fn run(listener: TcpListener, guard: Arc<Guard>, shutdown: impl Future<Output = ()>) {
+    run_listeners(listener, None, guard, shutdown).await
+}
+
+/// [`run`], also accepting clients on a Unix-domain socket.
+pub async fn run_listeners(
+    tcp: TcpListener,
+    unix: Option<UnixListener>,
+    guard: Arc<Guard>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
-        let (socket, peer) = tokio::select! {
+        let accepted = tokio::select! {
             _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            a = tcp.accept() => a.map(|(socket, peer)| {
+                let _ = socket.set_nodelay(true);
+                (Stream::Tcp(socket), peer.to_string())
+            }),
+            a = async { unix.as_ref().unwrap().accept().await }, if unix.is_some() => {
+                a.map(|(socket, _)| (Stream::Unix(socket), "[local]".to_string()))
+            }
         };
-        let _ = socket.set_nodelay(true);
+        let (socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let guard = guard.clone();
         match guard.clients.clone().try_acquire_owned() {
             Ok(permit) => {

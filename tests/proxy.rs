@@ -413,6 +413,51 @@ async fn a_unix_socket_upstream_relays_enforces_and_cancels() {
 }
 
 #[tokio::test]
+async fn clients_can_connect_over_a_unix_socket() {
+    let db = fresh_db();
+    let g = TestGuard::start_with_unix_socket(SHIPPED_POLICY).await;
+    let socket = g.socket_dir.join(format!(".s.PGSQL.{}", g.addr.port()));
+    assert!(socket.exists(), "no {}", socket.display());
+    // As libpq and psql spell it: host = the directory, port = the guard's.
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(&g.socket_dir)
+        .port(g.addr.port())
+        .user("app")
+        .dbname(&db);
+    let (app, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    assert_eq!(count(&app, "SELECT count(*) FROM users").await, 5);
+    let err = db_error(app.batch_execute("UPDATE users SET email = 'x'").await);
+    assert_eq!(err.code().code(), "42501");
+    let audit = g.audit();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["client_addr"], "[local]");
+    // The admin console answers there too.
+    let (console, conn) = config
+        .user("zgadmin")
+        .password("zgadmin")
+        .dbname("zoneguard")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let switches = console.simple_query("SHOW SWITCHES").await.unwrap();
+    assert!(switches
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+    // TCP still works beside it.
+    let tcp = g.connect("app", &db).await;
+    assert_eq!(count(&tcp, "SELECT count(*) FROM users").await, 5);
+    // A second guard cannot take a socket that answers.
+    let taken = zoneguard::net::bind_client_socket(&g.socket_dir, g.addr.port());
+    assert_eq!(
+        taken.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::AddrInUse)
+    );
+}
+
+#[tokio::test]
 async fn a_vanished_client_commits_nothing() {
     let db = fresh_db();
     let g = TestGuard::start(SHIPPED_POLICY).await;

@@ -4,6 +4,7 @@
 //! `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802 /
 //! 7677, what PostgreSQL stores) or `md5<hex of md5(password || role)>`.
 
+use crate::net::Stream;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::BytesMut;
@@ -11,7 +12,6 @@ use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::protocol;
 
@@ -95,10 +95,7 @@ pub fn valid_hash(s: &str) -> bool {
 }
 
 /// Reads one message (at most 1 MiB) from a console client.
-pub(super) async fn read_frame(
-    client: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> Option<protocol::Frame> {
+pub(super) async fn read_frame(client: &mut Stream, buf: &mut BytesMut) -> Option<protocol::Frame> {
     loop {
         match protocol::next_frame(buf, 1 << 20) {
             Ok(Some(f)) => return Some(f),
@@ -114,18 +111,14 @@ pub(super) async fn read_frame(
 
 /// Runs the password exchange for `stored` (None: an unknown role, which
 /// goes through the same motions and fails). True when the password is right.
-pub async fn authenticate(
-    client: &mut TcpStream,
-    buf: &mut BytesMut,
-    stored: Option<&str>,
-) -> bool {
+pub async fn authenticate(client: &mut Stream, buf: &mut BytesMut, stored: Option<&str>) -> bool {
     match stored.and_then(parse_verifier) {
         Some(v) => scram(client, buf, &v).await.unwrap_or(false),
         None => md5(client, buf, stored).await.unwrap_or(false),
     }
 }
 
-async fn md5(client: &mut TcpStream, buf: &mut BytesMut, stored: Option<&str>) -> Option<bool> {
+async fn md5(client: &mut Stream, buf: &mut BytesMut, stored: Option<&str>) -> Option<bool> {
     let salt: [u8; 4] = rand::random();
     client
         .write_all(&protocol::authentication(5, &salt))
@@ -141,7 +134,7 @@ async fn md5(client: &mut TcpStream, buf: &mut BytesMut, stored: Option<&str>) -
 }
 
 /// SCRAM-SHA-256 without channel binding (RFC 5802, as PostgreSQL does it).
-async fn scram(client: &mut TcpStream, buf: &mut BytesMut, v: &Verifier) -> Option<bool> {
+async fn scram(client: &mut Stream, buf: &mut BytesMut, v: &Verifier) -> Option<bool> {
     client
         .write_all(&protocol::authentication(10, b"SCRAM-SHA-256\0\0"))
         .await

@@ -10,9 +10,9 @@ pub use auth::{md5_hash, scram_verifier, valid_hash};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::net::Stream;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::audit::SessionInfo;
 use crate::control;
@@ -24,13 +24,13 @@ pub const DATABASE: &str = "zoneguard";
 
 const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; RELOAD";
 
-async fn fatal(client: &mut TcpStream, code: &str, msg: &str) {
+async fn fatal(client: &mut Stream, code: &str, msg: &str) {
     let _ = client
         .write_all(&protocol::error_response(Severity::Fatal, code, msg, None))
         .await;
 }
 
-pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, startup: Startup, info: SessionInfo) {
+pub async fn serve(guard: Arc<Guard>, mut client: Stream, startup: Startup, info: SessionInfo) {
     let user = startup.user().to_string();
     let stored = guard.runtime.load().policy.admins.get(&user).cloned();
     let mut buf = BytesMut::with_capacity(1024);

@@ -185,6 +185,10 @@ pub struct Settings {
 pub struct ProxySettings {
     /// Address the guard listens on.
     pub listen: String,
+    /// A directory where the guard also listens on a Unix-domain socket,
+    /// `.s.PGSQL.<listen port>` (as PgBouncer's `unix_socket_dir`); empty:
+    /// TCP only.
+    pub unix_socket_dir: String,
     /// The real PostgreSQL server: `host:port`, or an absolute path to its
     /// Unix-domain socket (the socket file, or its directory for port 5432).
     pub upstream: String,
@@ -202,6 +206,7 @@ impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
             listen: "127.0.0.1:6432".into(),
+            unix_socket_dir: String::new(),
             upstream: "127.0.0.1:5432".into(),
             max_message_bytes: 64 << 20,
             startup_timeout_secs: 10,

@@ -6,13 +6,11 @@
 mod client;
 mod server;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 
 use crate::audit::{self, SessionInfo};
@@ -21,7 +19,7 @@ use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
 use crate::reject::Rejections;
 use crate::server::Guard;
 
-pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
+pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
     let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
     let startup = match tokio::time::timeout(timeout, startup_phase(&guard, &mut client)).await {
         Err(_) => {
@@ -39,7 +37,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
     };
     let info = SessionInfo {
         id: guard.next_session_id(),
-        client_addr: peer,
+        client_addr: peer.clone(),
         user: startup.user().to_string(),
         database: startup.database().to_string(),
         application_name: startup.param("application_name").unwrap_or("").to_string(),
@@ -73,7 +71,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
             user: info.user.clone(),
             database: info.database.clone(),
             application_name: info.application_name.clone(),
-            client_addr: info.client_addr.to_string(),
+            client_addr: info.client_addr.clone(),
             connected_at: audit::now_rfc3339(),
         },
     );
@@ -85,7 +83,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: TcpStream, peer: SocketAddr) {
 /// and returns the StartupMessage.
 async fn startup_phase(
     guard: &Guard,
-    client: &mut TcpStream,
+    client: &mut net::Stream,
 ) -> Result<Option<Startup>, ProtocolError> {
     loop {
         match protocol::read_first_packet(client).await? {
@@ -123,21 +121,29 @@ async fn relay(
     guard: Arc<Guard>,
     info: SessionInfo,
     startup: Startup,
-    client: TcpStream,
+    client: net::Stream,
     mut upstream: net::Stream,
 ) {
     if upstream.write_all(&startup.raw).await.is_err() {
         return;
     }
-    let (cr, cw) = client.into_split();
     // Owned halves of the concrete socket types: no lock between the halves.
-    match upstream {
-        net::Stream::Tcp(s) => {
-            let (ur, uw) = s.into_split();
+    use net::Stream::{Tcp, Unix};
+    match (client, upstream) {
+        (Tcp(c), Tcp(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
             relay_halves(guard, info, cr, cw, ur, uw).await
         }
-        net::Stream::Unix(s) => {
-            let (ur, uw) = s.into_split();
+        (Tcp(c), Unix(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
+            relay_halves(guard, info, cr, cw, ur, uw).await
+        }
+        (Unix(c), Tcp(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
+            relay_halves(guard, info, cr, cw, ur, uw).await
+        }
+        (Unix(c), Unix(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
             relay_halves(guard, info, cr, cw, ur, uw).await
         }
     }

@@ -48,6 +48,8 @@ pub struct TestGuard {
     pub guard: Arc<Guard>,
     pub audit_path: PathBuf,
     pub policy_path: PathBuf,
+    /// Where the client socket is, when started with one.
+    pub socket_dir: PathBuf,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -59,6 +61,15 @@ impl TestGuard {
     }
 
     pub async fn start_with_upstream(policy_text: &str, upstream: &str) -> TestGuard {
+        Self::start_full(policy_text, upstream, false).await
+    }
+
+    /// Also listening on a Unix-domain socket in `socket_dir`.
+    pub async fn start_with_unix_socket(policy_text: &str) -> TestGuard {
+        Self::start_full(policy_text, &cluster().addr(), true).await
+    }
+
+    async fn start_full(policy_text: &str, upstream: &str, unix: bool) -> TestGuard {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, policy_text).unwrap();
@@ -73,15 +84,26 @@ impl TestGuard {
             .await
             .unwrap();
         zoneguard::control::spawn_watchers(guard.clone());
+        let unix = unix.then(|| {
+            zoneguard::net::bind_client_socket(dir.path(), addr.port())
+                .unwrap()
+                .0
+        });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server::run(listener, guard.clone(), async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(server::run_listeners(
+            listener,
+            unix,
+            guard.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         TestGuard {
             addr,
             guard,
             audit_path,
             policy_path: path,
+            socket_dir: dir.path().to_path_buf(),
             _dir: dir,
             stop: Some(tx),
         }
