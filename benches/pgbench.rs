@@ -2,13 +2,15 @@
 //! PgBouncer (session mode), through zoneguard (release binary, a child
 //! process) and through a relay that only forwards bytes (the floor any
 //! proxy pays on this machine), in interleaved rounds. Each proxy reaches
-//! the server over TCP and over its Unix-domain socket; clients always use
-//! TCP, as the direct runs do.
+//! the server over TCP and over its Unix-domain socket; pgbench connects to
+//! every target (direct included) over TCP, or with BENCH_CLIENT=unix over
+//! each one's Unix-domain socket.
 //!
 //! `cargo bench --bench pgbench`. Environment: BENCH_SECONDS (per run,
 //! default 5), BENCH_ROUNDS (default 3), BENCH_SCALE (default 10),
 //! BENCH_IDLE (idle connections for the RSS probe, default 500),
 //! BENCH_UPSTREAM (`tcp`, `unix` or `both`, default both),
+//! BENCH_CLIENT (`tcp` or `unix`, default tcp),
 //! ZONEGUARD_BIN (another zoneguard binary, e.g. an older build).
 
 use std::collections::BTreeMap;
@@ -68,6 +70,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 struct Target {
     name: &'static str,
+    /// Where pgbench connects: 127.0.0.1, or a socket directory.
+    host: String,
     /// How the proxy reaches the server ("-" for direct).
     upstream: &'static str,
     port: u16,
@@ -98,35 +102,52 @@ const FLOOR_ENV: &str = "ZONEGUARD_BENCH_FLOOR_RELAY";
 /// The floor: forwards bytes both ways and nothing else, on the same
 /// runtime shape as zoneguard's default (one current-thread loop).
 fn floor_relay(spec: &str) -> ! {
-    let (listen, upstream) = spec.split_once(' ').expect("LISTEN UPSTREAM");
-    let (listen, upstream) = (listen.to_string(), upstream.to_string());
+    let mut parts = spec.split(' ');
+    let listen = parts.next().expect("LISTEN").to_string();
+    let upstream = parts.next().expect("UPSTREAM").to_string();
+    let socket = parts.next().map(str::to_string);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
+        let tcp = tokio::net::TcpListener::bind(&listen).await.unwrap();
+        let unix = socket.map(|p| tokio::net::UnixListener::bind(p).unwrap());
         loop {
-            let (mut client, _) = listener.accept().await.unwrap();
-            let _ = client.set_nodelay(true);
             let upstream = upstream.clone();
-            tokio::spawn(async move {
-                if upstream.starts_with('/') {
-                    let mut u = tokio::net::UnixStream::connect(&upstream).await.unwrap();
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut u).await;
-                } else {
-                    let mut u = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-                    let _ = u.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut u).await;
+            tokio::select! {
+                a = tcp.accept() => {
+                    let (client, _) = a.unwrap();
+                    let _ = client.set_nodelay(true);
+                    tokio::spawn(forward(client, upstream));
                 }
-            });
+                a = async { unix.as_ref().unwrap().accept().await }, if unix.is_some() => {
+                    tokio::spawn(forward(a.unwrap().0, upstream));
+                }
+            }
         }
     })
+}
+
+async fn forward<C>(mut client: C, upstream: String)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if upstream.starts_with('/') {
+        let mut u = tokio::net::UnixStream::connect(&upstream).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut u).await;
+    } else {
+        let mut u = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+        let _ = u.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut u).await;
+    }
 }
 
 struct Floor {
     child: Child,
     port: u16,
+    /// Its client socket's directory, when it has one.
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Floor {
@@ -136,22 +157,28 @@ impl Drop for Floor {
     }
 }
 
-fn start_floor(upstream: &str) -> Floor {
+fn start_floor(upstream: &str, unix_clients: bool) -> Floor {
     let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = format!("127.0.0.1:{port} {upstream}");
+    if unix_clients {
+        spec.push_str(&format!(" {}/.s.PGSQL.{port}", dir.path().display()));
+    }
     let child = Command::new(std::env::current_exe().unwrap())
-        .env(FLOOR_ENV, format!("127.0.0.1:{port} {upstream}"))
+        .env(FLOOR_ENV, spec)
         .stdin(Stdio::null())
         .spawn()
         .expect("start the floor relay");
     wait_port(port);
-    Floor { child, port }
+    Floor { child, port, dir }
 }
 
 struct PgBouncer {
     child: Child,
     pid: u32,
     port: u16,
-    _dir: tempfile::TempDir,
+    /// Its files, and its client socket when it has one.
+    dir: tempfile::TempDir,
 }
 
 impl Drop for PgBouncer {
@@ -168,7 +195,11 @@ fn find_pgbouncer() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-fn start_pgbouncer(pg_port: u16, socket_dir: Option<&std::path::Path>) -> Option<PgBouncer> {
+fn start_pgbouncer(
+    pg_port: u16,
+    socket_dir: Option<&std::path::Path>,
+    unix_clients: bool,
+) -> Option<PgBouncer> {
     let bin = find_pgbouncer().or_else(|| {
         eprintln!("pgbouncer not found: trying apt-get install -y pgbouncer");
         let _ = Command::new("apt-get")
@@ -184,9 +215,14 @@ fn start_pgbouncer(pg_port: u16, socket_dir: Option<&std::path::Path>) -> Option
     let host = socket_dir
         .map(|d| d.display().to_string())
         .unwrap_or_else(|| "127.0.0.1".into());
+    let listen_dir = if unix_clients {
+        d.to_string()
+    } else {
+        String::new()
+    };
     let ini = format!(
         "[databases]\nbench = host={host} port={pg_port} dbname=bench\n\n[pgbouncer]\n\
-         listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+         listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {listen_dir}\n\
          auth_type = trust\nauth_file = {d}/userlist.txt\npool_mode = session\n\
          max_client_conn = 2000\ndefault_pool_size = 650\nlogfile = {d}/pgbouncer.log\n\
          pidfile = {d}/pgbouncer.pid\nignore_startup_parameters = extra_float_digits\n"
@@ -216,14 +252,15 @@ fn start_pgbouncer(pg_port: u16, socket_dir: Option<&std::path::Path>) -> Option
         child,
         pid,
         port,
-        _dir: dir,
+        dir,
     })
 }
 
 struct ZoneGuard {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    /// Its files, and its client socket when it has one.
+    dir: tempfile::TempDir,
 }
 
 impl Drop for ZoneGuard {
@@ -233,7 +270,7 @@ impl Drop for ZoneGuard {
     }
 }
 
-fn start_zoneguard(upstream: &str) -> ZoneGuard {
+fn start_zoneguard(upstream: &str, unix_clients: bool) -> ZoneGuard {
     let bin = std::env::var("ZONEGUARD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_zoneguard")));
@@ -244,6 +281,7 @@ fn start_zoneguard(upstream: &str) -> ZoneGuard {
     let policy = format!(
         r#"[proxy]
 listen = "127.0.0.1:{port}"
+unix_socket_dir = "{socket_dir}"
 upstream = "{upstream}"
 max_clients = 2000
 
@@ -274,7 +312,12 @@ allow = ["read"]
 [defaults]
 allow = ["read"]
 "#,
-        audit = dir.path().join("audit.jsonl").display()
+        audit = dir.path().join("audit.jsonl").display(),
+        socket_dir = if unix_clients {
+            dir.path().display().to_string()
+        } else {
+            String::new()
+        },
     );
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).unwrap();
@@ -288,11 +331,7 @@ allow = ["read"]
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
     wait_port(port);
-    ZoneGuard {
-        child,
-        port,
-        _dir: dir,
-    }
+    ZoneGuard { child, port, dir }
 }
 
 struct Run {
@@ -302,18 +341,10 @@ struct Run {
     cpu_us_per_txn: Option<(f64, f64)>,
 }
 
-fn pgbench(port: u16, args: &[&str], secs: u64, pid: Option<u32>) -> Run {
+fn pgbench(host: &str, port: u16, args: &[&str], secs: u64, pid: Option<u32>) -> Run {
     let cpu0 = pid.map(cpu_secs);
     let out = Command::new("pgbench")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-n",
-        ])
+        .args(["-h", host, "-p", &port.to_string(), "-U", "postgres", "-n"])
         .args(["-T", &secs.to_string()])
         .args(args)
         .arg("bench")
@@ -413,6 +444,7 @@ fn main() {
     let rounds = env_num("BENCH_ROUNDS", 3);
     let scale = env_num("BENCH_SCALE", 10);
     let idle = env_num("BENCH_IDLE", 500) as usize;
+    let unix_clients = std::env::var("BENCH_CLIENT").as_deref() == Ok("unix");
     let upstreams: Vec<Upstream> = match std::env::var("BENCH_UPSTREAM").as_deref() {
         Ok("tcp") => vec![Upstream::Tcp],
         Ok("unix") => vec![Upstream::Unix],
@@ -442,8 +474,17 @@ fn main() {
 
     let socket = cluster.socket_path();
     let socket_dir = socket.parent().unwrap().to_path_buf();
+    // Where pgbench finds a target: over TCP, or in its socket directory.
+    let host = |dir: &std::path::Path| {
+        if unix_clients {
+            dir.display().to_string()
+        } else {
+            "127.0.0.1".to_string()
+        }
+    };
     let mut targets = vec![Target {
         name: "direct",
+        host: host(&socket_dir),
         upstream: "-",
         port: cluster.port(),
         pid: None,
@@ -457,9 +498,10 @@ fn main() {
             Upstream::Tcp => cluster.addr(),
             Upstream::Unix => socket.display().to_string(),
         };
-        let floor = start_floor(&addr);
+        let floor = start_floor(&addr, unix_clients);
         targets.push(Target {
             name: "floor",
+            host: host(floor.dir.path()),
             upstream: up.name(),
             port: floor.port,
             pid: Some(floor.child.id()),
@@ -468,10 +510,12 @@ fn main() {
         match start_pgbouncer(
             cluster.port(),
             (up == Upstream::Unix).then_some(socket_dir.as_path()),
+            unix_clients,
         ) {
             Some(b) => {
                 targets.push(Target {
                     name: "pgbouncer",
+                    host: host(b.dir.path()),
                     upstream: up.name(),
                     port: b.port,
                     pid: Some(b.pid),
@@ -480,9 +524,10 @@ fn main() {
             }
             None => eprintln!("PgBouncer unavailable: its rows are skipped"),
         }
-        let zg = start_zoneguard(&addr);
+        let zg = start_zoneguard(&addr, unix_clients);
         targets.push(Target {
             name: "zoneguard",
+            host: host(zg.dir.path()),
             upstream: up.name(),
             port: zg.port,
             pid: Some(zg.child.id()),
@@ -520,7 +565,7 @@ fn main() {
             for k in 0..targets.len() {
                 let ti = (k + round as usize + wi) % targets.len();
                 let t = &targets[ti];
-                let r = pgbench(t.port, args, secs, t.pid);
+                let r = pgbench(&t.host, t.port, args, secs, t.pid);
                 eprintln!(
                     "round {} {wname:<18} {:<10} {:<4} tps {:>9.0}  lat {:.3} ms  cpu {}",
                     round + 1,
@@ -549,7 +594,8 @@ fn main() {
 
     println!();
     println!(
-        "pgbench, scale {scale}, {secs}s per run, medians of {rounds} interleaved rounds; clients connect over TCP; \"upstream\" is how the proxy reaches PostgreSQL"
+        "pgbench, scale {scale}, {secs}s per run, medians of {rounds} interleaved rounds; pgbench connects over {}; \"upstream\" is how the proxy reaches PostgreSQL",
+        if unix_clients { "Unix-domain sockets" } else { "TCP" }
     );
     println!(
         "| workload | target | upstream | TPS | latency ms | vs direct | vs PgBouncer | vs floor | CPU µs/txn (user) |"
