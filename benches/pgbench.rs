@@ -143,21 +143,7 @@ where
     }
 }
 
-struct Floor {
-    child: Child,
-    port: u16,
-    /// Its client socket's directory, when it has one.
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Floor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_floor(upstream: &str, unix_clients: bool) -> Floor {
+fn start_floor(upstream: &str, unix_clients: bool) -> Spawned {
     let port = free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = format!("127.0.0.1:{port} {upstream}");
@@ -170,7 +156,7 @@ fn start_floor(upstream: &str, unix_clients: bool) -> Floor {
         .spawn()
         .expect("start the floor relay");
     wait_port(port);
-    Floor { child, port, dir }
+    Spawned { child, port, dir }
 }
 
 struct PgBouncer {
@@ -256,21 +242,35 @@ fn start_pgbouncer(
     })
 }
 
-struct ZoneGuard {
+/// A proxy the bench started as its child (the floor relay or zoneguard);
+/// killed when dropped.
+struct Spawned {
     child: Child,
     port: u16,
     /// Its files, and its client socket when it has one.
     dir: tempfile::TempDir,
 }
 
-impl Drop for ZoneGuard {
+impl Spawned {
+    fn target(&self, name: &'static str, upstream: Upstream, host: String) -> Target {
+        Target {
+            name,
+            host,
+            upstream: upstream.name(),
+            port: self.port,
+            pid: Some(self.child.id()),
+        }
+    }
+}
+
+impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn start_zoneguard(upstream: &str, unix_clients: bool) -> ZoneGuard {
+fn start_zoneguard(upstream: &str, unix_clients: bool) -> Spawned {
     let bin = std::env::var("ZONEGUARD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_zoneguard")));
@@ -331,7 +331,7 @@ allow = ["read"]
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
     wait_port(port);
-    ZoneGuard { child, port, dir }
+    Spawned { child, port, dir }
 }
 
 struct Run {
@@ -490,23 +490,16 @@ fn main() {
         pid: None,
     }];
     // Kept alive until the end; dropping one stops its process.
-    let mut floors = Vec::new();
+    let mut spawned = Vec::new();
     let mut bouncers = Vec::new();
-    let mut guards = Vec::new();
     for &up in &upstreams {
         let addr = match up {
             Upstream::Tcp => cluster.addr(),
             Upstream::Unix => socket.display().to_string(),
         };
         let floor = start_floor(&addr, unix_clients);
-        targets.push(Target {
-            name: "floor",
-            host: host(floor.dir.path()),
-            upstream: up.name(),
-            port: floor.port,
-            pid: Some(floor.child.id()),
-        });
-        floors.push(floor);
+        targets.push(floor.target("floor", up, host(floor.dir.path())));
+        spawned.push(floor);
         match start_pgbouncer(
             cluster.port(),
             (up == Upstream::Unix).then_some(socket_dir.as_path()),
@@ -525,14 +518,8 @@ fn main() {
             None => eprintln!("PgBouncer unavailable: its rows are skipped"),
         }
         let zg = start_zoneguard(&addr, unix_clients);
-        targets.push(Target {
-            name: "zoneguard",
-            host: host(zg.dir.path()),
-            upstream: up.name(),
-            port: zg.port,
-            pid: Some(zg.child.id()),
-        });
-        guards.push(zg);
+        targets.push(zg.target("zoneguard", up, host(zg.dir.path())));
+        spawned.push(zg);
     }
 
     let workloads: Vec<(&str, Vec<&str>)> = vec![
@@ -655,8 +642,7 @@ fn main() {
     for (ti, kib) in &rss {
         println!("| {} | {kib:.1} KiB |", targets[*ti].name);
     }
-    drop(guards);
+    drop(spawned);
     drop(bouncers);
-    drop(floors);
     drop(cluster);
 }
