@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zoneguard::cluster::{free_port, Cluster};
+use zoneguard::protocol;
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -387,17 +388,7 @@ fn idle_rss_per_conn(port: u16, pid: u32, n: usize) -> f64 {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", "postgres"), ("database", "bench")] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        msg.extend_from_slice(&body);
+        let msg = protocol::startup_message(&[("user", "postgres"), ("database", "bench")]);
         s.write_all(&msg).unwrap();
         // Read messages until ReadyForQuery.
         loop {

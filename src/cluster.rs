@@ -318,6 +318,14 @@ impl Cluster {
         }
     }
 
+    /// Starts a cluster holding database `name` with the seed's schema and
+    /// sample data (the demo's and the backfill benchmark's start).
+    pub fn start_seeded(name: &str) -> Result<Cluster, ClusterError> {
+        let cluster = Cluster::start()?;
+        cluster.create_seeded_db(name)?;
+        Ok(cluster)
+    }
+
     /// Creates database `name` holding the seed's schema and sample data.
     pub fn create_seeded_db(&self, name: &str) -> Result<(), ClusterError> {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))?;

@@ -258,12 +258,7 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
     };
     let (policy, mut settings) = load_policy(&demo_cli)?;
     eprintln!("starting a throwaway PostgreSQL ...");
-    let cluster = tokio::task::spawn_blocking(|| -> anyhow::Result<Cluster> {
-        let cluster = Cluster::start()?;
-        cluster.create_seeded_db("shop")?;
-        Ok(cluster)
-    })
-    .await??;
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start_seeded("shop")).await??;
     settings.proxy.upstream = cluster.addr();
     let (listeners, guard) = start(policy, settings, Some(copy.clone())).await?;
     let addr = listeners.tcp.local_addr()?;

@@ -230,6 +230,24 @@ pub fn parse_message(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
     })
 }
 
+/// Builds a StartupMessage (protocol 3.0) with the given parameters, e.g.
+/// `[("user", "app"), ("database", "shop")]`.
+pub fn startup_message(params: &[(&str, &str)]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i32(0); // length, patched below
+    b.put_i32(PROTOCOL_3_0);
+    for (k, v) in params {
+        b.put_slice(k.as_bytes());
+        b.put_u8(0);
+        b.put_slice(v.as_bytes());
+        b.put_u8(0);
+    }
+    b.put_u8(0);
+    let len = b.len() as i32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
 /// Builds a Query message.
 pub fn query_message(sql: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(sql.len() + 6);
@@ -404,6 +422,19 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_built_startup_message_reads_back() {
+        let msg = startup_message(&[("user", "app"), ("database", "shop")]);
+        let mut r = &msg[..];
+        match read_first_packet(&mut r).await.unwrap() {
+            Some(FirstPacket::Startup(s)) => {
+                assert_eq!((s.user(), s.database()), ("app", "shop"));
+                assert_eq!(&s.raw[..], &msg[..]);
+            }
+            _ => panic!("not a startup packet"),
+        }
+    }
 
     #[test]
     fn frames_split_and_wait_for_more() {

@@ -43,12 +43,7 @@ pub struct BenchOptions {
 /// Runs the benchmark and prints its table on standard output.
 pub async fn bench(o: &BenchOptions) -> anyhow::Result<()> {
     eprintln!("starting a throwaway PostgreSQL ...");
-    let cluster = tokio::task::spawn_blocking(|| -> anyhow::Result<Cluster> {
-        let c = Cluster::start()?;
-        c.create_seeded_db("bench")?;
-        Ok(c)
-    })
-    .await??;
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start_seeded("bench")).await??;
     let direct_url = cluster.url("postgres", "bench");
     eprintln!(
         "generating {} transactions for {} users (direct) ...",

@@ -28,7 +28,8 @@ pub struct Policy {
     pub default_allow: Allowed,
     pub default_options: RoleOptions,
     pub roles: BTreeMap<String, RoleOptions>,
-    /// Admin console users: role name -> md5 password hash.
+    /// Admin console users: role name -> password hash (a SCRAM-SHA-256
+    /// verifier or an md5 hash, as PostgreSQL stores them).
     pub admins: BTreeMap<String, String>,
 }
 

@@ -37,7 +37,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
     };
     let info = SessionInfo {
         id: guard.next_session_id(),
-        client_addr: peer.clone(),
+        client_addr: peer,
         user: startup.user().to_string(),
         database: startup.database().to_string(),
         application_name: startup.param("application_name").unwrap_or("").to_string(),

@@ -245,17 +245,7 @@ pub fn psql_bin() -> PathBuf {
 /// A raw protocol session as `app`, read up to the first ReadyForQuery.
 pub async fn raw_session(g: &TestGuard, db: &str) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", "app"), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    pkt.extend_from_slice(&body);
+    let pkt = zoneguard::protocol::startup_message(&[("user", "app"), ("database", db)]);
     tokio::io::AsyncWriteExt::write_all(&mut s, &pkt)
         .await
         .unwrap();
