@@ -272,11 +272,12 @@ pub fn parse_message_bytes(name: &[u8], sql: &str) -> Bytes {
     b.freeze()
 }
 
-/// The statement name a Bind message refers to.
-pub fn bind_statement(body: &[u8]) -> Result<&[u8], ProtocolError> {
+/// The portal and statement names of a Bind message.
+pub fn bind_names(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
     let mut b = body;
-    take_cstr(&mut b).ok_or(ProtocolError::Malformed("Bind"))?;
-    take_cstr(&mut b).ok_or(ProtocolError::Malformed("Bind"))
+    let portal = take_cstr(&mut b).ok_or(ProtocolError::Malformed("Bind"))?;
+    let statement = take_cstr(&mut b).ok_or(ProtocolError::Malformed("Bind"))?;
+    Ok((portal, statement))
 }
 
 /// A Bind of `statement` into the unnamed portal, with no parameters.

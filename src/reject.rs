@@ -13,6 +13,10 @@ use crate::policy::Denial;
 use crate::protocol::{self, Severity};
 
 /// Per-session bookkeeping of rejections the server still owes an error for.
+/// Which reply settles which rejection is the session state's business
+/// (`session::state`): it calls [`settle`](Self::settle) on each
+/// ReadyForQuery with the highest sequence number issued before the message
+/// that ReadyForQuery answers.
 #[derive(Debug)]
 pub struct Rejections {
     /// `zoneguard_reject_<nonce>_`: unguessable per process, so no SQL a
@@ -20,24 +24,6 @@ pub struct Rejections {
     prefix: String,
     next_seq: u64,
     pending: VecDeque<(u64, Denial)>,
-    /// For each message sent that the server answers with ReadyForQuery
-    /// (Query, Sync, FunctionCall), the highest rejection issued before it:
-    /// once that ReadyForQuery arrives, those rejections are settled (their
-    /// error came, or the server skipped them after an earlier error).
-    ready_marks: VecDeque<Mark>,
-    /// Transaction status of the last ReadyForQuery: b'I', b'T' or b'E'.
-    pub status: u8,
-}
-
-/// One ReadyForQuery the server owes.
-#[derive(Debug, Clone, Copy)]
-struct Mark {
-    /// Highest rejection sequence number issued before the message.
-    seq: u64,
-    /// The message was the guard's own (a session variable refresh): every
-    /// reply up to and including its ReadyForQuery is for the guard, not
-    /// the client.
-    swallow: bool,
 }
 
 impl Rejections {
@@ -46,12 +32,6 @@ impl Rejections {
             prefix: format!("zoneguard_reject_{nonce}_"),
             next_seq: 1,
             pending: VecDeque::new(),
-            // The ReadyForQuery that ends authentication is owed by startup.
-            ready_marks: VecDeque::from([Mark {
-                seq: 0,
-                swallow: false,
-            }]),
-            status: b'I',
         }
     }
 
@@ -75,49 +55,16 @@ impl Rejections {
         format!("{}{}", self.prefix, seq)
     }
 
-    /// A message that the server answers with one ReadyForQuery was sent.
-    pub fn expect_ready(&mut self) {
-        self.ready_marks.push_back(Mark {
-            seq: self.next_seq - 1,
-            swallow: false,
-        });
+    /// The sequence number of the last rejection issued (0: none yet).
+    pub fn issued(&self) -> u64 {
+        self.next_seq - 1
     }
 
-    /// The guard sent a Query of its own: its replies are not relayed.
-    pub fn expect_swallowed_ready(&mut self) {
-        self.ready_marks.push_back(Mark {
-            seq: self.next_seq - 1,
-            swallow: true,
-        });
-    }
-
-    /// The last `n` messages counted by [`expect_ready`](Self::expect_ready)
-    /// will not be answered (Syncs the server ignored in copy-in mode).
-    pub fn forget_ready(&mut self, n: usize) {
-        for _ in 0..n {
-            // Never one of the guard's own queries: those are not Syncs.
-            if self.ready_marks.back().is_some_and(|m| !m.swallow) {
-                self.ready_marks.pop_back();
-            }
-        }
-    }
-
-    /// Whether the server owes nothing: no reply is in flight.
-    pub fn idle(&self) -> bool {
-        self.ready_marks.is_empty()
-    }
-
-    /// Whether the replies arriving now answer the guard's own Query.
-    pub fn swallowing(&self) -> bool {
-        self.ready_marks.front().is_some_and(|m| m.swallow)
-    }
-
-    /// A ReadyForQuery arrived from the server.
-    pub fn on_ready(&mut self) {
-        if let Some(mark) = self.ready_marks.pop_front() {
-            while self.pending.front().is_some_and(|(s, _)| *s <= mark.seq) {
-                self.pending.pop_front();
-            }
+    /// Rejections up to `seq` are settled: their error came, or the server
+    /// skipped them after an earlier error.
+    pub fn settle(&mut self, seq: u64) {
+        while self.pending.front().is_some_and(|(s, _)| *s <= seq) {
+            self.pending.pop_front();
         }
     }
 
@@ -171,10 +118,8 @@ mod tests {
     #[test]
     fn marked_errors_are_rewritten_in_order() {
         let mut r = Rejections::new("abc");
-        r.on_ready(); // startup
         let sql1 = r.register(denial("one"));
         let sql2 = r.register(denial("two"));
-        r.expect_ready();
         assert!(sql1.contains("zoneguard_reject_abc_1'"));
         // The server skipped the first (an earlier error) and failed the second.
         let server_err = protocol::error_response(
@@ -193,13 +138,11 @@ mod tests {
     #[test]
     fn unmarked_errors_pass_and_ready_settles() {
         let mut r = Rejections::new("abc");
-        r.on_ready();
         r.register(denial("one"));
-        r.expect_ready();
         let other = protocol::error_response(Severity::Error, "25P02", "aborted", None);
         assert!(r.rewrite_error(&other).is_none());
         assert!(r.has_pending());
-        r.on_ready();
+        r.settle(r.issued());
         assert!(!r.has_pending());
     }
 }

@@ -1057,19 +1057,75 @@ fn harmless_statements() {
     expect_nothing("NOTIFY chan, 'payload'", "NOTIFY");
 }
 
+fn unreadable(setting: &str, value: &str) -> Special {
+    Special::UnreadableSetting {
+        setting: setting.into(),
+        value: value.into(),
+    }
+}
+
+/// Settings the reading of SQL depends on, in every spelling and by every
+/// statement that sets them with a literal (`classify::reading`, R3).
 #[test]
-fn standard_conforming_strings_off_fails_closed() {
-    expect_unparsed("SET standard_conforming_strings = off", true);
-    expect_unparsed("SET SESSION standard_conforming_strings TO false", true);
-    expect_unparsed(
-        "SELECT set_config('standard_conforming_strings', 'off', false)",
-        true,
-    );
-    // A setting name the guard cannot read: allowed, behind a barrier (the
-    // session waits for the server's answer before judging more).
+fn settings_the_reading_depends_on_fail_closed() {
+    let scs_off = unreadable("standard_conforming_strings", "off");
     expect_special(
+        "SET standard_conforming_strings = off",
+        scs_off.clone(),
+        &[],
+    );
+    expect_special(
+        "SET SESSION standard_conforming_strings TO false",
+        unreadable("standard_conforming_strings", "false"),
+        &[],
+    );
+    // Setting names are case-insensitive, quoted or not.
+    expect_special(
+        "SET \"Standard_Conforming_Strings\" = off",
+        scs_off.clone(),
+        &[],
+    );
+    expect_special(
+        "SET LOCAL STANDARD_CONFORMING_STRINGS = 'off'",
+        scs_off.clone(),
+        &[],
+    );
+    expect_special(
+        "SELECT set_config('Standard_Conforming_Strings', 'off', false)",
+        scs_off.clone(),
+        &[],
+    );
+    expect_special(
+        "SELECT set_config('standard_conforming_strings', v, false) FROM t",
+        unreadable("standard_conforming_strings", "(an expression)"),
+        &[("read", "t")],
+    );
+    let sjis = unreadable("client_encoding", "SJIS");
+    expect_special("SET client_encoding = 'SJIS'", sjis.clone(), &[]);
+    expect_special("SET \"CLIENT_ENCODING\" TO SJIS", sjis.clone(), &[]);
+    expect_special("SET NAMES 'SJIS'", sjis.clone(), &[]);
+    expect_special(
+        "SELECT set_config('client_encoding', 'SJIS', false)",
+        sjis,
+        &[],
+    );
+    expect_special(
+        "SET client_encoding = 'LATIN1'",
+        unreadable("client_encoding", "LATIN1"),
+        &[],
+    );
+    // Values the guard reads under, and DEFAULT (the session's start, which
+    // the server reported then).
+    expect("SET client_encoding = 'UTF8'", &[]);
+    expect("SET client_encoding TO 'unicode'", &[]);
+    expect("SET NAMES 'utf-8'", &[]);
+    expect("SET client_encoding TO DEFAULT", &[]);
+    expect("SET standard_conforming_strings = on", &[]);
+    expect("SELECT set_config('client_encoding', 'UTF8', false)", &[]);
+    // A computed setting name is allowed: a change it makes is reported by
+    // the server before anything read under it is judged (R2).
+    expect(
         "SELECT set_config(name, 'off', false) FROM t",
-        Special::StringSyntaxBarrier,
         &[("read", "t")],
     );
     expect("SELECT set_config('search_path', 'app', false)", &[]);
@@ -1126,8 +1182,13 @@ fn fallback() {
     // write keywords inside strings or comments do not count
     expect_unparsed("SELEC 'DELETE FROM users' -- UPDATE\n", false);
     // tokenizer failures fail closed
-    expect_unparsed("SELECT 'unterminated", true);
-    expect_unparsed("SELECT $$unterminated", true);
+    // Text that ends inside a string, identifier, dollar quote or comment
+    // cannot run at all: PostgreSQL's lexer fails (42601) and the server
+    // reports its own error.
+    expect_unparsed("SELECT 'unterminated", false);
+    expect_unparsed("SELECT $$unterminated", false);
+    expect_unparsed("DELETE FROM users; SELECT \"unterminated", false);
+    expect_unparsed("DELETE FROM users /* unterminated", false);
     expect_unparsed(r#"SELECT * FROM U&"\0075sers""#, true);
     let info = one("SELEC 1");
     assert_eq!(info.command, "UNKNOWN");

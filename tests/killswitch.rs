@@ -504,8 +504,8 @@ async fn the_guard_keeps_count_of_replies_across_copy() {
     s.write_all(&out).await.unwrap();
     let seen = read_until_ready(&mut s).await;
     assert!(seen.windows(6).any(|w| w == b"COPY 1"), "{seen:?}");
-    // The session is idle again: a flip reaches it, and a statement behind
-    // a string-syntax barrier does not hang.
+    // The session is idle again: a flip reaches it, and pipelined
+    // statements do not hang.
     admin(&g)
         .await
         .simple_query("SET SWITCH enable_new_commerce = off")
@@ -522,8 +522,10 @@ async fn the_guard_keeps_count_of_replies_across_copy() {
     );
     out.extend(msg(b'Q', b"SELECT 42\0"));
     s.write_all(&out).await.unwrap();
-    read_until_ready(&mut s).await;
-    let seen = read_until_ready(&mut s).await;
+    let mut seen = read_until_ready(&mut s).await;
+    if !seen.windows(2).any(|w| w == b"42") {
+        seen = read_until_ready(&mut s).await;
+    }
     assert!(seen.windows(2).any(|w| w == b"42"), "{seen:?}");
 }
 

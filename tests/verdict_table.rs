@@ -17,7 +17,7 @@ fn shipped() -> Policy {
 fn verdict(p: &Policy, role: &str, switches: &BTreeMap<String, bool>, sql: &str) -> String {
     let facts = Facts { role, switches };
     for st in classify(sql) {
-        if let Verdict::Deny(d) = p.judge(&st, facts, &|_| None) {
+        if let Verdict::Deny(d) = p.judge(&st, facts, &|_| Vec::new()) {
             return d.rule;
         }
     }

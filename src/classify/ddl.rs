@@ -8,7 +8,7 @@ use sqlparser::ast::{
 };
 
 use super::walk::{name_parts, relation_from_parts, Walker};
-use super::{Op, RelationName};
+use super::{Op, RelationName, Special};
 
 pub(crate) fn object_is_relation(t: &ObjectType) -> bool {
     matches!(
@@ -150,33 +150,58 @@ impl Walker {
         }
     }
 
-    /// `SET standard_conforming_strings = off` would make the tokenizer
-    /// misread later string literals: fail closed on it.
+    /// `SET` of a setting the reading of SQL depends on, in any spelling
+    /// (setting names are case-insensitive, quoted or not).
     pub(crate) fn check_set(&mut self, set: &Set) {
-        let Set::SingleAssignment {
-            variable, values, ..
-        } = set
-        else {
-            return;
-        };
-        let var = name_parts(variable).and_then(|p| p.last().cloned());
-        if var.as_deref() != Some("standard_conforming_strings") {
-            return;
+        match set {
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let Some(var) = name_parts(variable).and_then(|p| p.last().cloned()) else {
+                    return;
+                };
+                let value = match values.as_slice() {
+                    [Expr::Identifier(i)] => Some(i.value.clone()),
+                    [Expr::Value(v)] => match &v.value {
+                        Value::Boolean(b) => Some(b.to_string()),
+                        Value::SingleQuotedString(s) => Some(s.clone()),
+                        Value::Number(n, _) => Some(n.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                self.check_setting(&var, value.as_deref());
+            }
+            Set::SetNames { charset_name, .. } => {
+                self.check_setting("client_encoding", Some(&charset_name.value))
+            }
+            _ => {}
         }
-        let on = matches!(values.as_slice(), [v] if match v {
-            Expr::Identifier(i) => ["on", "true", "yes", "1"].contains(&i.value.to_ascii_lowercase().as_str()),
-            Expr::Value(v) => match &v.value {
-                Value::Boolean(b) => *b,
-                Value::SingleQuotedString(s) => ["on", "true", "yes", "1"].contains(&s.to_ascii_lowercase().as_str()),
-                Value::Number(n, _) => n == "1",
-                _ => false,
-            },
-            _ => false,
-        });
-        if !on {
-            self.unparsed(
-                "turning off standard_conforming_strings changes how the guard must read strings",
-            );
+    }
+
+    /// Fails closed on `name = value` if it would leave a state the guard
+    /// reads exactly (`reading`, R3). `value` is `None` when not a literal;
+    /// DEFAULT and LOCAL go back to the session's start, which the server
+    /// reported (and the guard accepted) then.
+    pub(crate) fn check_setting(&mut self, name: &str, value: Option<&str>) {
+        let name = name.trim().to_ascii_lowercase();
+        let readable = match name.as_str() {
+            "standard_conforming_strings" => {
+                value.is_some_and(|v| super::reading::is_on(v) || v.eq_ignore_ascii_case("default"))
+            }
+            "client_encoding" => value.is_some_and(|v| {
+                super::reading::encoding_readable(v) || v.eq_ignore_ascii_case("default")
+            }),
+            _ => return,
+        };
+        if !readable {
+            let special = Special::UnreadableSetting {
+                setting: name,
+                value: value.unwrap_or("(an expression)").to_owned(),
+            };
+            if !self.specials.contains(&special) {
+                self.specials.push(special);
+            }
         }
     }
 }

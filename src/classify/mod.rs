@@ -9,6 +9,7 @@ mod ddl;
 mod dml;
 mod fallback;
 mod nested;
+pub mod reading;
 mod stmt;
 mod tokens;
 mod walk;
@@ -106,12 +107,11 @@ pub enum Special {
     /// write (a write keyword outside strings and comments, a tokenizer
     /// failure, an unknown statement type); `reason` says what went wrong.
     Unparsed { may_write: bool, reason: String },
-    /// `set_config(expr, ...)` whose setting name is not a literal (pg_dump
-    /// does this): it might turn `standard_conforming_strings` off, which
-    /// changes where strings end in every later statement. Allowed, but the
-    /// session lets the server answer it (and report the setting) before the
-    /// guard judges anything sent after it.
-    StringSyntaxBarrier,
+    /// A setting the guard's reading of SQL depends on would be set to a
+    /// value under which the guard could not read statements as the server
+    /// does (`client_encoding` SJIS, `standard_conforming_strings` off, or a
+    /// value it cannot see). See `reading`.
+    UnreadableSetting { setting: String, value: String },
 }
 
 /// A `PREPARE name AS body` statement's body, kept so that a later
@@ -155,7 +155,14 @@ pub fn classify(sql: &str) -> Vec<StatementInfo> {
             if sql.trim().is_empty() {
                 return Vec::new();
             }
-            return vec![unparsed(true, format!("SQL could not be tokenized: {e}"))];
+            // The guard's reading is exact (see `reading`): a text that ends
+            // inside a string, quoted identifier or comment cannot run at
+            // all, and PostgreSQL reports its own syntax error.
+            let unterminated = reading::scan(sql.as_bytes()) == reading::Lexed::Unterminated;
+            return vec![unparsed(
+                !unterminated,
+                format!("SQL could not be tokenized: {e}"),
+            )];
         }
     };
     if !tokens.iter().any(|t| tokens::significant(&t.token)) {

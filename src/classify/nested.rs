@@ -21,8 +21,8 @@ impl Walker {
         let _ = node.visit(&mut v);
     }
 
-    /// `set_config('standard_conforming_strings', ...)` would make the guard
-    /// misread string literals in later statements.
+    /// `set_config('standard_conforming_strings', 'off', ...)` would make
+    /// the guard misread string literals in later statements.
     ///
     /// Also functions known to write where no table name in the SQL shows it:
     /// `setval('seq', ...)` is an update of that sequence (a relation, judged
@@ -32,22 +32,24 @@ impl Walker {
         let Some(name) = name_parts(&f.name).and_then(|p| p.last().cloned()) else {
             return;
         };
-        let first = match &f.args {
-            FunctionArguments::List(l) => l.args.first(),
-            _ => None,
-        };
-        let literal = match first {
-            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
-                Value::SingleQuotedString(s)
-                | Value::EscapedStringLiteral(s)
-                | Value::UnicodeStringLiteral(s) => Some(s.clone()),
-                Value::DollarQuotedString(d) => Some(d.value.clone()),
+        let arg = |n: usize| match &f.args {
+            FunctionArguments::List(l) => match l.args.get(n) {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
+                    match &v.value {
+                        Value::SingleQuotedString(s)
+                        | Value::EscapedStringLiteral(s)
+                        | Value::UnicodeStringLiteral(s) => Some(s.clone()),
+                        Value::DollarQuotedString(d) => Some(d.value.clone()),
+                        _ => None,
+                    }
+                }
                 _ => None,
             },
             _ => None,
         };
+        let literal = arg(0);
         match name.as_str() {
-            "set_config" => self.check_set_config(literal),
+            "set_config" => self.check_set_config(literal, arg(1)),
             "setval" => match literal.as_deref().and_then(crate::policy::parse_table_name) {
                 Some(seq) => self.add(Op::Update, seq, "SETVAL"),
                 None => self.unparsed("setval() of a sequence the guard cannot name"),
@@ -65,20 +67,14 @@ impl Walker {
         }
     }
 
-    fn check_set_config(&mut self, literal: Option<String>) {
-        match literal {
-            // A name the guard cannot read: let the server answer first.
-            None => {
-                if !self.specials.contains(&Special::StringSyntaxBarrier) {
-                    self.specials.push(Special::StringSyntaxBarrier);
-                }
-            }
-            Some(s) => {
-                let s = s.trim().to_ascii_lowercase();
-                if s == "standard_conforming_strings" || s == "escape_string_warning" {
-                    self.unparsed("set_config may change how string literals are read");
-                }
-            }
+    /// `set_config(name, value, ...)` of a setting the reading of SQL
+    /// depends on, with a value the guard cannot read under (or cannot see).
+    /// A computed name is allowed: if it changes one of them, the server
+    /// reports it before anything read under the new value is judged (see
+    /// `reading`, R2 and R3).
+    fn check_set_config(&mut self, name: Option<String>, value: Option<String>) {
+        if let Some(name) = name {
+            self.check_setting(&name, value.as_deref());
         }
     }
 }

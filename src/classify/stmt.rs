@@ -411,7 +411,13 @@ impl Walker {
             Statement::ReleaseSavepoint { .. } => tag("RELEASE"),
             Statement::Reset(_) => tag("RESET"),
             Statement::ShowVariable { .. } => tag("SHOW"),
-            Statement::Discard { .. } => tag("DISCARD"),
+            Statement::Discard { object_type } => {
+                // DISCARD ALL also deallocates every prepared statement.
+                if matches!(object_type, sqlparser::ast::DiscardObject::ALL) {
+                    self.deallocates = Some(Deallocate::All);
+                }
+                tag("DISCARD")
+            }
             Statement::LISTEN { .. } => tag("LISTEN"),
             Statement::UNLISTEN { .. } => tag("UNLISTEN"),
             Statement::NOTIFY { .. } => tag("NOTIFY"),

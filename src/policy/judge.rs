@@ -45,23 +45,24 @@ impl Verdict {
     }
 }
 
+/// Resolves a prepared statement's name to the bodies it may hold.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Vec<StatementInfo>;
+
 impl Policy {
-    /// Judges one statement. `prepared` resolves `EXECUTE name` to the body
-    /// that `PREPARE name` held in this session.
-    pub fn judge<'s>(
-        &self,
-        stmt: &StatementInfo,
-        facts: Facts<'_>,
-        prepared: &dyn Fn(&str) -> Option<&'s StatementInfo>,
-    ) -> Verdict {
+    /// Judges one statement. `prepared` resolves `EXECUTE name` to every
+    /// body that prepared statement `name` may hold on the server when the
+    /// EXECUTE runs (the confirmed one, and any still waiting for the
+    /// server's answer): each must be allowed. None: the guard cannot
+    /// account for the name, and the EXECUTE is rejected.
+    pub fn judge(&self, stmt: &StatementInfo, facts: Facts<'_>, prepared: Lookup<'_>) -> Verdict {
         self.judge_depth(stmt, facts, prepared, 0)
     }
 
-    fn judge_depth<'s>(
+    fn judge_depth(
         &self,
         stmt: &StatementInfo,
         facts: Facts<'_>,
-        prepared: &dyn Fn(&str) -> Option<&'s StatementInfo>,
+        prepared: Lookup<'_>,
         depth: usize,
     ) -> Verdict {
         for access in &stmt.accesses {
@@ -91,12 +92,12 @@ impl Policy {
                     "Ask a DBA to run it, or set other_ddl = true for this role in policy.toml.",
                 )),
                 Special::ExecutePrepared { name } => match prepared(name) {
-                    Some(body) if depth < 4 => {
+                    bodies if !bodies.is_empty() && depth < 4 => bodies.iter().find_map(|body| {
                         match self.judge_depth(body, facts, prepared, depth + 1) {
                             Verdict::Allow => None,
                             Verdict::Deny(d) => Some(*d),
                         }
-                    }
+                    }),
                     _ => Some(option_denial(
                         "EXECUTE",
                         "prepared_statements",
@@ -104,6 +105,7 @@ impl Policy {
                         "PREPARE the statement through zoneguard in the same session before executing it.",
                     )),
                 },
+                Special::UnreadableSetting { setting, value } => Some(setting_denial(setting, value)),
                 Special::Unparsed { may_write: true, reason } => Some(option_denial(
                     &stmt.command,
                     "unparsed",
@@ -220,6 +222,20 @@ impl Policy {
             "Call the function with SELECT instead, or set function_calls = true for this role in policy.toml.",
         )))
     }
+}
+
+/// A statement would set `setting` to a value under which the guard could
+/// not read later statements as the server does (`classify::reading`).
+fn setting_denial(setting: &str, value: &str) -> Denial {
+    let (message, hint) = if setting == "client_encoding" {
+        crate::classify::reading::encoding_refusal(value)
+    } else {
+        (
+            format!("SET {setting} = {value} is not allowed: with it, backslashes in strings change where a string ends, and zoneguard could misread later statements"),
+            "Keep standard_conforming_strings on (PostgreSQL's default); write escapes as E'...' strings instead.".to_owned(),
+        )
+    };
+    option_denial("SET", "session_settings", &message, &hint)
 }
 
 fn option_denial(operation: &str, rule: &str, message: &str, hint: &str) -> Denial {

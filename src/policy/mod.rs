@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 pub use file::{load, parse, parse_table_name, PolicyError};
-pub use judge::{Denial, Facts, Verdict, SQLSTATE_REJECTED};
+pub use judge::{Denial, Facts, Lookup, Verdict, SQLSTATE_REJECTED};
 
 use crate::classify::{Op, RelationName};
 

@@ -1,92 +1,108 @@
 //! The client-to-server half of a session: frames the client's messages,
 //! judges Query, Parse, Bind and FunctionCall, substitutes rejections, keeps
-//! the server's zoneguard.* variables current, and holds messages behind a
-//! string-syntax barrier.
+//! the server's zoneguard.* variables current, records in the session state
+//! what it sent, and holds a text whose reading depends on the session's
+//! settings until the server has confirmed them (`classify::reading`, R2).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 
+use super::state::{PendingOp, Prepared, SessionState};
 use super::ClientEnd;
 use crate::audit::{self, AuditRecord, SessionInfo};
-use crate::classify::{Deallocate, Special, StatementInfo};
+use crate::classify::{reading, Deallocate, Special, StatementInfo};
 use crate::policy::{Denial, Facts, Verdict};
 use crate::protocol::{self, ProtocolError, Severity};
-use crate::reject::Rejections;
-use crate::server::Guard;
+use crate::server::{Guard, Runtime};
+
+/// Largest message accepted from a client before the server has
+/// authenticated it: PostgreSQL's own limit on an authentication token
+/// (PG_MAX_AUTH_TOKEN_LENGTH). Startup packets are capped at 10,000 bytes
+/// before this half starts.
+pub(crate) const MAX_PRE_AUTH_MESSAGE: usize = 65_535;
 
 pub(crate) struct ClientSide {
     guard: Arc<Guard>,
     info: SessionInfo,
-    /// Bodies of SQL-level `PREPARE name AS ...` seen in this session, so
-    /// that `EXECUTE name` is judged by what it runs. A name prepared twice
-    /// keeps both bodies merged (the server keeps the first; the guard
-    /// cannot know which one succeeded, so it judges by all of them).
-    prepared: HashMap<String, StatementInfo>,
-    rejections: Arc<Mutex<Rejections>>,
+    state: Arc<Mutex<SessionState>>,
     /// The policy generation whose switch positions the server session's
     /// `zoneguard.<switch>` variables hold (0: not set yet, or wiped).
     switches_applied: u64,
-    /// Extended-protocol statements the server holds, by name: the policy
-    /// generation they were judged under, and their SQL. A Bind of one
-    /// judged under an older policy (a reload or a switch flip since) is
-    /// judged again, so a statement prepared before a flip cannot write
-    /// where the flip forbids.
-    parsed: HashMap<Vec<u8>, (u64, String)>,
     /// Extended-protocol messages were sent since the last Sync: the server
     /// is inside a batch (perhaps skipping to Sync after an error), so the
     /// guard must not slip a Query of its own in.
     unsynced: bool,
-    /// A statement that may change how strings are read was allowed (see
-    /// `Special::StringSyntaxBarrier`): nothing sent after it is judged until
-    /// the server has answered it, so a changed standard_conforming_strings
-    /// is seen (and closes the session) before it could matter.
-    barrier_pending: bool,
-    /// Such a statement came in an extended batch: wait at its Sync.
-    barrier_at_sync: bool,
+    /// An Execute was sent since the last Sync or Query: it may have changed
+    /// a setting the reading of SQL depends on, and the server will not say
+    /// so before the batch ends (R2: no waiting, so ambiguous texts are
+    /// rejected until then).
+    executed_in_batch: bool,
     /// Syncs sent since the last Execute or Query. If that started a COPY
     /// FROM STDIN, the server ignores them (they arrive in copy-in mode),
     /// which the client's CopyDone or CopyFail reveals.
     syncs_since_execute: usize,
+    /// The server has authenticated the client (messages may then be up to
+    /// `max_message_bytes`).
+    authenticated: bool,
     /// Notified by the server half on every ReadyForQuery.
     ready: Arc<Notify>,
     /// Classifications (shared with the cache) this session recently saw
     /// allowed, with the policy generation they were judged under. The
     /// verdict is a pure function of the classification, the session's role
     /// and the policy (switches included) of that generation, except for
-    /// `EXECUTE name`, which depends on the session's PREPAREs and is never
-    /// remembered here. A hit skips judging, not classifying.
+    /// `EXECUTE name`, which depends on the session's prepared statements and
+    /// is never remembered here. A hit skips judging, not classifying.
     allowed_memo: [Option<(Arc<Vec<StatementInfo>>, u64)>; MEMO],
     memo_next: usize,
+    /// Portals bound to a statement that prepares or deallocates (SQL
+    /// PREPARE sent through the extended protocol): what their Execute does.
+    portal_effects: HashMap<Vec<u8>, Vec<Effect>>,
 }
 
 /// How many allowed classifications a session remembers.
 const MEMO: usize = 8;
 
+/// A change to the session's prepared statements that a statement makes
+/// when it runs, recorded as pending with it.
+#[derive(Debug, Clone)]
+struct Effect {
+    op: PendingOp,
+    /// For a PREPARE: the version it creates.
+    version: Option<Arc<Prepared>>,
+}
+
+/// What judging a text gave.
+struct Judged {
+    statements: Arc<Vec<StatementInfo>>,
+    generation: u64,
+    effects: Vec<Effect>,
+}
+
 impl ClientSide {
     pub(crate) fn new(
         guard: Arc<Guard>,
         info: SessionInfo,
-        rejections: Arc<Mutex<Rejections>>,
+        state: Arc<Mutex<SessionState>>,
         ready: Arc<Notify>,
     ) -> Self {
         ClientSide {
             guard,
             info,
-            prepared: HashMap::new(),
-            rejections,
+            state,
             switches_applied: 0,
-            parsed: HashMap::new(),
             unsynced: false,
-            barrier_pending: false,
-            barrier_at_sync: false,
+            executed_in_batch: false,
             syncs_since_execute: 0,
+            authenticated: false,
             ready,
             allowed_memo: Default::default(),
             memo_next: 0,
+            portal_effects: HashMap::new(),
         }
     }
 
@@ -97,10 +113,7 @@ impl ClientSide {
     /// table. Inside a transaction the value read stays as it was when the
     /// transaction began; enforcement never waits for this.
     fn refresh_switch_variables(&mut self) -> Option<Bytes> {
-        let current = self
-            .guard
-            .generation
-            .load(std::sync::atomic::Ordering::Acquire);
+        let current = self.guard.generation.load(Ordering::Acquire);
         if current == self.switches_applied {
             return None;
         }
@@ -108,7 +121,7 @@ impl ClientSide {
         if runtime.generation == self.switches_applied {
             return None;
         }
-        let mut r = self.rejections.lock().unwrap();
+        let mut r = self.state.lock().unwrap();
         if self.unsynced || !r.idle() || r.status != b'I' {
             return None;
         }
@@ -165,7 +178,6 @@ impl ClientSide {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let max = self.guard.settings.proxy.max_message_bytes;
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut out = BytesMut::new();
         loop {
@@ -182,6 +194,16 @@ impl ClientSide {
                 out.extend_from_slice(&set);
             }
             loop {
+                if !self.authenticated {
+                    self.authenticated = self.state.lock().unwrap().authenticated;
+                }
+                // Until the server has authenticated the client, nobody
+                // unknown makes the guard hold more than an auth token.
+                let max = if self.authenticated {
+                    self.guard.settings.proxy.max_message_bytes
+                } else {
+                    MAX_PRE_AUTH_MESSAGE
+                };
                 let frame = match protocol::next_frame(&mut buf, max) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
@@ -189,10 +211,7 @@ impl ClientSide {
                 };
                 match frame.tag() {
                     b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
-                    b'E' => {
-                        self.unsynced = true;
-                        self.syncs_since_execute = 0;
-                    }
+                    b'E' => self.syncs_since_execute = 0,
                     b'Q' => self.syncs_since_execute = 0,
                     b'S' => {
                         self.unsynced = false;
@@ -200,35 +219,40 @@ impl ClientSide {
                     }
                     b'c' | b'f' => {
                         let ignored = std::mem::take(&mut self.syncs_since_execute);
-                        self.rejections.lock().unwrap().forget_ready(ignored);
+                        self.state.lock().unwrap().forget_ready(ignored);
                     }
                     _ => {}
+                }
+                // R2: a text whose reading depends on the session's settings
+                // is judged once the server owes nothing, so every change
+                // it made has been reported (and refused, if unreadable).
+                if !self.executed_in_batch
+                    && sql_of(&frame).is_some_and(reading::depends_on_settings)
+                    && !self.state.lock().unwrap().idle()
+                {
+                    if uw.write_all(&out).await.is_err() {
+                        return ClientEnd::Gone;
+                    }
+                    out.clear();
+                    self.wait_until_answered().await;
                 }
                 match self.judge_frame(&frame).await {
                     Ok(Some(replacement)) => out.extend_from_slice(&replacement),
                     Ok(None) => out.extend_from_slice(&frame.raw),
                     Err(e) => return self.violation(e, &mut uw, &out, fatal).await,
                 }
-                if frame.tag() == b'X' {
-                    let _ = uw.write_all(&out).await;
-                    let _ = uw.shutdown().await;
-                    return ClientEnd::Gone;
-                }
-                let wait = match frame.tag() {
-                    b'Q' | b'F' => std::mem::take(&mut self.barrier_pending),
-                    b'P' => {
-                        self.barrier_at_sync |= std::mem::take(&mut self.barrier_pending);
-                        false
+                match frame.tag() {
+                    b'E' => {
+                        self.unsynced = true;
+                        self.executed_in_batch = true;
                     }
-                    b'S' => std::mem::take(&mut self.barrier_at_sync),
-                    _ => false,
-                };
-                if wait {
-                    if uw.write_all(&out).await.is_err() {
+                    b'S' | b'Q' => self.executed_in_batch = false,
+                    b'X' => {
+                        let _ = uw.write_all(&out).await;
+                        let _ = uw.shutdown().await;
                         return ClientEnd::Gone;
                     }
-                    out.clear();
-                    self.wait_until_answered().await;
+                    _ => {}
                 }
             }
             if !out.is_empty() {
@@ -240,87 +264,91 @@ impl ClientSide {
         }
     }
 
-    /// Returns the bytes to send instead of `frame`, if it is rejected.
+    /// Returns the bytes to send instead of `frame`, if it is rejected, and
+    /// records in the session state what the server is asked to do.
     async fn judge_frame(
         &mut self,
         frame: &protocol::Frame,
     ) -> Result<Option<Bytes>, ProtocolError> {
         match frame.tag() {
             b'Q' => {
-                let sql = protocol::sql_text(protocol::query_text(frame.body())?);
-                let verdict = self.judge_sql(&sql);
-                let out = match verdict {
-                    Some(denial) => {
-                        let replacement = self.reject(denial, "simple", &sql).await;
+                let text = protocol::query_text(frame.body())?;
+                let out = match self.judge_text(text) {
+                    Ok(judged) => {
+                        self.record(judged.effects);
+                        None
+                    }
+                    Err(denial) => {
+                        let sql = protocol::sql_text(text);
+                        let replacement = self.reject(*denial, "simple", &sql).await;
                         Some(protocol::query_message(&replacement))
                     }
-                    None => None,
                 };
-                self.rejections.lock().unwrap().expect_ready();
+                self.state.lock().unwrap().expect_ready();
                 Ok(out)
             }
             b'P' => {
                 let msg = protocol::parse_message(frame.body())?;
-                let sql = protocol::sql_text(msg.query);
-                let generation = self.guard.runtime.load().generation;
-                let verdict = if self.barrier_at_sync {
-                    Some(pipelined_after_barrier())
-                } else {
-                    self.judge_sql(&sql)
-                };
-                match verdict {
-                    Some(denial) => {
-                        self.parsed.remove(msg.name);
-                        let replacement = self.reject(denial, "extended", &sql).await;
-                        Ok(Some(protocol::parse_message_bytes(msg.name, &replacement)))
-                    }
-                    None => {
-                        // Drivers re-parse the unnamed statement for every
-                        // query: reuse its entry's allocations.
-                        match self.parsed.get_mut(msg.name) {
-                            Some(entry) => {
-                                entry.0 = generation;
-                                entry.1.clear();
-                                entry.1.push_str(&sql);
-                            }
-                            None => {
-                                self.parsed
-                                    .insert(msg.name.to_vec(), (generation, sql.into_owned()));
-                            }
-                        }
+                match self.judge_text(msg.query) {
+                    Ok(judged) => {
+                        // What a PREPARE or DEALLOCATE text does happens at
+                        // its Execute (see Bind), not here.
+                        let version = Prepared::new(judged.statements, judged.generation);
+                        let mut st = self.state.lock().unwrap();
+                        st.add_pending(msg.name, version);
+                        st.push_op(PendingOp::Parse(msg.name.to_vec()));
                         Ok(None)
+                    }
+                    Err(denial) => {
+                        // Nothing is recorded: the server fails the
+                        // replacement, so the name keeps what it had.
+                        let sql = protocol::sql_text(msg.query);
+                        let replacement = self.reject(*denial, "extended", &sql).await;
+                        Ok(Some(protocol::parse_message_bytes(msg.name, &replacement)))
                     }
                 }
             }
             b'B' => {
-                let name = protocol::bind_statement(frame.body())?;
-                let generation = self.guard.runtime.load().generation;
-                let stale = match self.parsed.get(name) {
-                    Some((judged, sql)) if *judged != generation => sql.clone(),
-                    _ => return Ok(None),
-                };
-                match self.judge_sql(&stale) {
-                    Some(denial) => {
-                        self.audit(&denial, "extended", &stale).await;
-                        let marker = self.rejections.lock().unwrap().register_marker(denial);
+                let (portal, name) = protocol::bind_names(frame.body())?;
+                match self.judge_bind(portal, name) {
+                    Ok(()) => Ok(None),
+                    Err(rejected) => {
+                        let (denial, sql) = *rejected;
+                        self.audit(&denial, "extended", &sql).await;
+                        let marker = self
+                            .state
+                            .lock()
+                            .unwrap()
+                            .rejections
+                            .register_marker(denial);
                         Ok(Some(protocol::bind_message(&marker)))
-                    }
-                    None => {
-                        if let Some(entry) = self.parsed.get_mut(name) {
-                            entry.0 = generation;
-                        }
-                        Ok(None)
                     }
                 }
             }
-            b'C' => {
-                let body = frame.body();
-                if body.first() == Some(&b'S') {
-                    let mut rest = &body[1..];
-                    if let Some(name) = protocol::take_cstr(&mut rest) {
-                        self.parsed.remove(name);
+            b'E' => {
+                if !self.portal_effects.is_empty() {
+                    let mut b = frame.body();
+                    let portal =
+                        protocol::take_cstr(&mut b).ok_or(ProtocolError::Malformed("Execute"))?;
+                    if let Some(effects) = self.portal_effects.remove(portal) {
+                        self.record(effects);
                     }
                 }
+                Ok(None)
+            }
+            b'C' => {
+                let body = frame.body();
+                let mut rest = body.get(1..).unwrap_or_default();
+                let name =
+                    protocol::take_cstr(&mut rest).ok_or(ProtocolError::Malformed("Close"))?;
+                let op = match body[0] {
+                    b'S' => PendingOp::CloseStatement(name.to_vec()),
+                    _ => {
+                        self.portal_effects.remove(name);
+                        PendingOp::ClosePortal
+                    }
+                };
+                self.state.lock().unwrap().push_op(op);
                 Ok(None)
             }
             b'F' => {
@@ -337,15 +365,67 @@ impl ClientSide {
                         Some(protocol::query_message(&replacement))
                     }
                 };
-                self.rejections.lock().unwrap().expect_ready();
+                self.state.lock().unwrap().expect_ready();
                 Ok(out)
             }
             b'S' => {
-                self.rejections.lock().unwrap().expect_ready();
+                self.state.lock().unwrap().expect_ready();
                 Ok(None)
             }
             _ => Ok(None),
         }
+    }
+
+    /// Records what an allowed statement will do to the prepared statements.
+    fn record(&self, effects: Vec<Effect>) {
+        if effects.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        for e in effects {
+            if let (PendingOp::Prepare(name), Some(v)) = (&e.op, e.version) {
+                st.add_pending(name, v);
+            }
+            st.push_op(e.op);
+        }
+    }
+
+    /// Judges a Bind by every version its statement may stand for on the
+    /// server; a name the guard cannot account for is refused. On a
+    /// rejection, returns the denial and the SQL to audit.
+    fn judge_bind(&mut self, portal: &[u8], name: &[u8]) -> Result<(), Box<(Denial, String)>> {
+        let candidates = self.state.lock().unwrap().candidates(name);
+        let shown = String::from_utf8_lossy(name).into_owned();
+        if candidates.is_empty() {
+            return Err(Box::new((unknown_statement(&shown), String::new())));
+        }
+        let runtime = self.guard.runtime.load();
+        for c in &candidates {
+            if c.judged.load(Ordering::Relaxed) == runtime.generation {
+                continue;
+            }
+            match self.judge_statements(&c.statements, &runtime) {
+                Ok(_) => c.judged.store(runtime.generation, Ordering::Relaxed),
+                Err(d) => return Err(Box::new((*d, describe(&c.statements)))),
+            }
+        }
+        if !self.portal_effects.is_empty() {
+            self.portal_effects.remove(portal);
+        }
+        let effects: Vec<Effect> = candidates
+            .iter()
+            .flat_map(|c| effects_of(&c.statements, c.judged.load(Ordering::Relaxed)))
+            .collect();
+        if !effects.is_empty() {
+            if candidates.len() > 1 {
+                return Err(Box::new((
+                    ambiguous_statement(&shown),
+                    describe(&candidates[0].statements),
+                )));
+            }
+            self.portal_effects.insert(portal.to_vec(), effects);
+        }
+        Ok(())
     }
 
     /// Waits until the server owes no ReadyForQuery.
@@ -354,22 +434,50 @@ impl ClientSide {
             let notified = self.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.rejections.lock().unwrap().idle() {
+            if self.state.lock().unwrap().idle() {
                 return;
             }
             notified.await;
         }
     }
 
-    /// Classifies and judges every statement of `sql`; the first denial wins.
-    fn judge_sql(&mut self, sql: &str) -> Option<Denial> {
+    /// Reads, classifies and judges the SQL text of a Query or Parse.
+    fn judge_text(&mut self, text: &[u8]) -> Result<Judged, Box<Denial>> {
+        let Ok(sql) = std::str::from_utf8(text) else {
+            return Err(Box::new(invalid_utf8()));
+        };
+        if self.executed_in_batch {
+            if let Some(why) = reading::ambiguous_mid_batch(text) {
+                return Err(Box::new(ambiguous_mid_batch(why)));
+            }
+        }
         let runtime = self.guard.runtime.load();
         let statements = self.guard.cache.classify(sql);
+        let effects = self.judge_statements(&statements, &runtime)?;
+        for st in statements.iter() {
+            if st.command == "DISCARD" || st.command == "RESET" {
+                // DISCARD ALL / RESET ALL wipe the zoneguard.* variables.
+                self.switches_applied = 0;
+            }
+        }
+        Ok(Judged {
+            statements,
+            generation: runtime.generation,
+            effects,
+        })
+    }
+
+    /// Judges every statement of a classification in order (a PREPARE
+    /// earlier in the text counts for an EXECUTE later in it); the first
+    /// denial wins. Returns what the statements do to prepared statements.
+    fn judge_statements(
+        &mut self,
+        statements: &Arc<Vec<StatementInfo>>,
+        runtime: &Runtime,
+    ) -> Result<Vec<Effect>, Box<Denial>> {
         let stats = &self.guard.stats;
-        stats.statements.fetch_add(
-            statements.len().max(1) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let n = statements.len().max(1) as u64;
+        stats.statements.fetch_add(n, Ordering::Relaxed);
         let facts = Facts {
             role: &self.info.user,
             switches: &runtime.switches,
@@ -379,66 +487,56 @@ impl ClientSide {
             .iter()
             .flatten()
             .any(|(seen, generation)| {
-                *generation == runtime.generation && Arc::ptr_eq(seen, &statements)
+                *generation == runtime.generation && Arc::ptr_eq(seen, statements)
             });
+        let effects = effects_of(statements, runtime.generation);
         if !remembered {
-            let prepared = &self.prepared;
+            let mut executes = false;
+            let mut earlier: Vec<(&str, &StatementInfo)> = Vec::new();
             for st in statements.iter() {
-                if let Verdict::Deny(d) =
-                    runtime.policy.judge(st, facts, &|name| prepared.get(name))
-                {
+                executes |= st
+                    .specials
+                    .iter()
+                    .any(|sp| matches!(sp, Special::ExecutePrepared { .. }));
+                let state = &self.state;
+                let lookup = |name: &str| -> Vec<StatementInfo> {
+                    let mut bodies: Vec<StatementInfo> = earlier
+                        .iter()
+                        .filter(|(n, _)| *n == name)
+                        .map(|(_, b)| (*b).clone())
+                        .collect();
+                    for p in state.lock().unwrap().candidates(name.as_bytes()) {
+                        bodies.extend(p.statements.iter().cloned());
+                    }
+                    bodies
+                };
+                if let Verdict::Deny(d) = runtime.policy.judge(st, facts, &lookup) {
                     stats.count_rejection(&d.rule);
-                    return Some(*d);
+                    return Err(d);
+                }
+                if let Some(p) = &st.prepares {
+                    earlier.push((&p.name, &p.body));
                 }
             }
-            let executes = statements.iter().any(|st| {
-                st.specials
-                    .iter()
-                    .any(|sp| matches!(sp, Special::ExecutePrepared { .. }))
-            });
             if !executes {
                 self.allowed_memo[self.memo_next] = Some((statements.clone(), runtime.generation));
                 self.memo_next = (self.memo_next + 1) % MEMO;
             }
         }
-        stats.allowed.fetch_add(
-            statements.len().max(1) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        for st in statements.iter() {
-            if st.specials.contains(&Special::StringSyntaxBarrier) {
-                self.barrier_pending = true;
-            }
-            if st.command == "DISCARD" || st.command == "RESET" {
-                // DISCARD ALL / RESET ALL wipe the zoneguard.* variables.
-                self.switches_applied = 0;
-            }
-            if let Some(p) = &st.prepares {
-                let entry = self.prepared.entry(p.name.clone()).or_default();
-                entry.accesses.extend(p.body.accesses.iter().cloned());
-                entry.specials.extend(p.body.specials.iter().cloned());
-            }
-            match &st.deallocates {
-                Some(Deallocate::All) => self.prepared.clear(),
-                Some(Deallocate::Name(n)) => {
-                    self.prepared.remove(n);
-                }
-                None => {}
-            }
-        }
-        None
+        stats.allowed.fetch_add(n, Ordering::Relaxed);
+        Ok(effects)
     }
 
     /// Audits a rejection, registers it, and returns the SQL to run instead.
     async fn reject(&self, d: Denial, protocol: &'static str, sql: &str) -> String {
         self.audit(&d, protocol, sql).await;
-        self.rejections.lock().unwrap().register(d)
+        self.state.lock().unwrap().rejections.register(d)
     }
 
     /// Writes the audit record of a rejection (before the client hears of it).
     async fn audit(&self, d: &Denial, protocol: &'static str, sql: &str) {
         let (statement, truncated) = audit::cap(sql, self.guard.audit.max_statement_chars);
-        tracing::info!(session = self.info.id, user = %self.info.user, rule = %d.rule, "rejected: {}", d.message);
+        tracing::info!(session = self.info.id, user = ?self.info.user, rule = ?d.rule, "rejected: {:?}", d.message);
         let record = AuditRecord {
             time: audit::now_rfc3339(),
             event: "rejected",
@@ -461,15 +559,108 @@ impl ClientSide {
     }
 }
 
-/// A Parse pipelined after a possible change of string syntax, before Sync.
-fn pipelined_after_barrier() -> Denial {
+/// The SQL text of a Query or Parse frame, if it is one (malformed frames
+/// are reported when judged).
+fn sql_of(frame: &protocol::Frame) -> Option<&[u8]> {
+    match frame.tag() {
+        b'Q' => protocol::query_text(frame.body()).ok(),
+        b'P' => protocol::parse_message(frame.body()).ok().map(|m| m.query),
+        _ => None,
+    }
+}
+
+/// What running `statements` does to the session's prepared statements.
+fn effects_of(statements: &[StatementInfo], generation: u64) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for st in statements {
+        if let Some(p) = &st.prepares {
+            effects.push(Effect {
+                op: PendingOp::Prepare(p.name.as_bytes().to_vec()),
+                version: Some(Prepared::new(Arc::new(vec![(*p.body).clone()]), generation)),
+            });
+        }
+        match &st.deallocates {
+            Some(Deallocate::All) => effects.push(Effect {
+                op: PendingOp::DeallocateAll,
+                version: None,
+            }),
+            Some(Deallocate::Name(n)) => effects.push(Effect {
+                op: PendingOp::Deallocate(n.as_bytes().to_vec()),
+                version: None,
+            }),
+            None => {}
+        }
+    }
+    effects
+}
+
+/// A short description of a prepared statement for the audit record.
+fn describe(statements: &[StatementInfo]) -> String {
+    let commands: Vec<&str> = statements.iter().map(|s| s.command.as_str()).collect();
+    format!("(prepared statement: {})", commands.join("; "))
+}
+
+fn denial(
+    operation: &str,
+    rule: &str,
+    sqlstate: &'static str,
+    message: String,
+    hint: &str,
+) -> Denial {
     Denial {
-        operation: "PARSE".into(),
+        operation: operation.into(),
         table: None,
         zone: None,
-        rule: "string_syntax".into(),
-        sqlstate: crate::policy::SQLSTATE_REJECTED,
-        message: "statement rejected: it was pipelined after a set_config() call that may change how strings are read, in the same batch".into(),
-        hint: "Send a Sync after the set_config() call before sending more statements.".into(),
+        rule: rule.into(),
+        sqlstate,
+        message,
+        hint: hint.into(),
     }
+}
+
+/// A text that is not valid UTF-8 (R2: the only encoding the guard reads).
+fn invalid_utf8() -> Denial {
+    denial(
+        "PARSE",
+        "encoding",
+        "22021",
+        "invalid byte sequence for encoding \"UTF8\": zoneguard judges statements as UTF-8 text"
+            .into(),
+        "Send statements in UTF-8 (client_encoding UTF8).",
+    )
+}
+
+/// A text pipelined after an Execute in the same batch that another state
+/// of the session's settings would read differently (R2).
+fn ambiguous_mid_batch(why: &str) -> Denial {
+    denial(
+        "PARSE",
+        "session_settings",
+        crate::policy::SQLSTATE_REJECTED,
+        format!("statement rejected: it follows an Execute in the same batch, and {why}; the Execute may have changed client_encoding or standard_conforming_strings, which the server reports only at the batch's Sync"),
+        "Send a Sync after the Execute before sending this statement.",
+    )
+}
+
+/// A Bind of a statement the guard saw no successful Parse or PREPARE of.
+fn unknown_statement(name: &str) -> Denial {
+    denial(
+        "BIND",
+        "prepared_statements",
+        "26000",
+        format!("prepared statement \"{name}\" does not exist (zoneguard has seen no successful Parse or PREPARE of it in this session)"),
+        "Prepare the statement through zoneguard in this session before binding it.",
+    )
+}
+
+/// A Bind whose statement may be one of several versions, one of which
+/// changes the prepared statements.
+fn ambiguous_statement(name: &str) -> Denial {
+    denial(
+        "BIND",
+        "prepared_statements",
+        crate::policy::SQLSTATE_REJECTED,
+        format!("prepared statement \"{name}\" is being redefined in the same pipeline and prepares or deallocates statements itself"),
+        "Wait for the server's answer to the Parse before binding the statement.",
+    )
 }

@@ -5,6 +5,7 @@
 
 mod client;
 mod server;
+pub(crate) mod state;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +17,6 @@ use tokio::sync::{oneshot, Notify};
 use crate::audit::{self, SessionInfo};
 use crate::net;
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
-use crate::reject::Rejections;
 use crate::server::Guard;
 
 pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
@@ -162,12 +162,12 @@ async fn relay_halves<CR, CW, UR, UW>(
     UR: AsyncRead + Unpin,
     UW: AsyncWrite + Unpin,
 {
-    let rejections = Arc::new(Mutex::new(Rejections::new(&guard.nonce)));
+    let state = Arc::new(Mutex::new(state::SessionState::new(&guard.nonce)));
     let ready = Arc::new(Notify::new());
     let (fatal_tx, fatal_rx) = oneshot::channel::<Bytes>();
-    let mut c2s = client::ClientSide::new(guard.clone(), info, rejections.clone(), ready.clone());
+    let mut c2s = client::ClientSide::new(guard.clone(), info, state.clone(), ready.clone());
     let c2s = c2s.run(cr, uw, fatal_tx);
-    let s2c = server::server_to_client(ur, cw, rejections, fatal_rx, ready);
+    let s2c = server::server_to_client(ur, cw, state, fatal_rx, ready);
     tokio::pin!(c2s, s2c);
     tokio::select! {
         // A fixed order: no random number drawn on every wake-up.

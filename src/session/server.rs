@@ -1,7 +1,8 @@
 //! The server-to-client half of a session: relays the server's replies in
 //! place, swaps marked errors for the guard's own, swallows the replies to
-//! the guard's own queries, tracks ReadyForQuery, and ends the session if the
-//! server reports standard_conforming_strings off.
+//! the guard's own queries, settles the session state from the server's
+//! answers, and ends the session if the server reports a setting under which
+//! the guard cannot read SQL (`classify::reading`, R3).
 
 use std::sync::{Arc, Mutex};
 
@@ -9,25 +10,54 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 
+use super::state::SessionState;
+use crate::classify::reading;
 use crate::protocol::{self, Severity};
-use crate::reject::Rejections;
 
 /// Largest message accepted from the server (PostgreSQL's own limit is 1 GB).
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
-/// Whether a ParameterStatus body reports standard_conforming_strings off.
-fn standard_strings_off(body: &[u8]) -> bool {
+/// If a ParameterStatus body reports a state the guard cannot read, the
+/// FATAL error that ends the session.
+fn refused(body: &[u8]) -> Option<Bytes> {
     let mut b = body;
-    matches!(
-        (protocol::take_cstr(&mut b), protocol::take_cstr(&mut b)),
-        (Some(b"standard_conforming_strings"), Some(v)) if v.eq_ignore_ascii_case(b"off")
-    )
+    let (name, value) = (protocol::take_cstr(&mut b)?, protocol::take_cstr(&mut b)?);
+    let (message, hint) = reading::refused_parameter(name, value)?;
+    Some(protocol::error_response(
+        Severity::Fatal,
+        "0A000",
+        &message,
+        Some(&hint),
+    ))
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server
+/// ends the session after it).
+fn is_fatal(body: &[u8]) -> bool {
+    let mut b = body;
+    let mut severity = None;
+    while let Some((&field, rest)) = b.split_first() {
+        if field == 0 {
+            break;
+        }
+        b = rest;
+        let Some(value) = protocol::take_cstr(&mut b) else {
+            break;
+        };
+        match field {
+            // V: never localized (9.6+); S: possibly localized.
+            b'V' => severity = Some(value),
+            b'S' if severity.is_none() => severity = Some(value),
+            _ => {}
+        }
+    }
+    matches!(severity, Some(b"FATAL") | Some(b"PANIC"))
 }
 
 pub(crate) async fn server_to_client<R, W>(
     mut ur: R,
     mut cw: W,
-    rejections: Arc<Mutex<Rejections>>,
+    state: Arc<Mutex<SessionState>>,
     mut fatal: oneshot::Receiver<Bytes>,
     ready: Arc<Notify>,
 ) where
@@ -48,6 +78,12 @@ pub(crate) async fn server_to_client<R, W>(
             }
             read = ur.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => {
+                    // One FATAL: if the server ended the session with its
+                    // own, the client has it already.
+                    if state.lock().unwrap().server_fatal {
+                        let _ = cw.shutdown().await;
+                        return;
+                    }
                     let msg = protocol::error_response(
                         Severity::Fatal,
                         "08006",
@@ -62,7 +98,7 @@ pub(crate) async fn server_to_client<R, W>(
             }
         }
         // One lock for the whole batch: the scan does not wait on anything.
-        let scanned = scan(&mut buf, &mut out, &mut rejections.lock().unwrap(), &ready);
+        let scanned = scan(&mut buf, &mut out, &mut state.lock().unwrap(), &ready);
         let off = match scanned {
             Scan::Relay(off) => off,
             Scan::BadFrame(e, off) => {
@@ -78,12 +114,9 @@ pub(crate) async fn server_to_client<R, W>(
                 let _ = cw.write_all(&msg).await;
                 return;
             }
-            Scan::StandardStringsOff(off) => {
-                let msg = protocol::error_response(
-                    Severity::Fatal,
-                    "0A000",
-                    "zoneguard requires standard_conforming_strings = on",
-                    Some("With it off, backslashes in strings change where a string ends, and the guard could misread a statement. Set it back to on for this role and database."),
+            Scan::Refused(msg, off) => {
+                tracing::info!(
+                    "session ended: the server reports a setting the guard cannot read under"
                 );
                 out.extend_from_slice(&buf[..off]);
                 let _ = cw.write_all(&out).await;
@@ -119,8 +152,9 @@ enum Scan {
     Relay(usize),
     /// A malformed frame at `buf[n..]`.
     BadFrame(protocol::ProtocolError, usize),
-    /// The frame at `buf[n..]` reports standard_conforming_strings off.
-    StandardStringsOff(usize),
+    /// The frame at `buf[n..]` reports a setting the guard cannot read
+    /// under: the FATAL error to send instead.
+    Refused(Bytes, usize),
 }
 
 /// Walks the complete frames at the start of `buf`. Frames are inspected in
@@ -128,7 +162,7 @@ enum Scan {
 /// `out` only when a rejection's error is rewritten or a reply to the
 /// guard's own query is swallowed in the same batch (consumed frames are
 /// advanced out of `buf`).
-fn scan(buf: &mut BytesMut, out: &mut BytesMut, r: &mut Rejections, ready: &Notify) -> Scan {
+fn scan(buf: &mut BytesMut, out: &mut BytesMut, st: &mut SessionState, ready: &Notify) -> Scan {
     let mut off = 0;
     loop {
         let total = match protocol::peek_frame_len(&buf[off..], MAX_SERVER_MESSAGE) {
@@ -137,15 +171,16 @@ fn scan(buf: &mut BytesMut, out: &mut BytesMut, r: &mut Rejections, ready: &Noti
             Err(e) => return Scan::BadFrame(e, off),
         };
         let tag = buf[off];
-        if r.swallowing() {
+        let body = &buf[off + 5..off + total];
+        if st.swallowing() {
             // Replies to the guard's own Query: not relayed.
             match tag {
                 b'Z' => {
-                    r.on_ready();
+                    st.on_ready(body.first().copied().unwrap_or(b'I'));
                     ready.notify_waiters();
                 }
                 b'E' => tracing::warn!(
-                    error = %String::from_utf8_lossy(&buf[off + 5..off + total]),
+                    error = ?String::from_utf8_lossy(body),
                     "setting zoneguard.* session variables failed"
                 ),
                 _ => {}
@@ -156,21 +191,28 @@ fn scan(buf: &mut BytesMut, out: &mut BytesMut, r: &mut Rejections, ready: &Noti
             continue;
         }
         match tag {
-            b'S' if standard_strings_off(&buf[off + 5..off + total]) => {
-                return Scan::StandardStringsOff(off)
-            }
-            b'E' if r.has_pending() => {
-                if let Some(ours) = r.rewrite_error(&buf[off..off + total]) {
-                    out.extend_from_slice(&buf[..off]);
-                    out.extend_from_slice(&ours);
-                    buf.advance(off + total);
-                    off = 0;
-                    continue;
+            b'S' => {
+                if let Some(fatal) = refused(body) {
+                    return Scan::Refused(fatal, off);
                 }
             }
+            b'E' => {
+                st.on_error(is_fatal(body));
+                if st.rejections.has_pending() {
+                    if let Some(ours) = st.rejections.rewrite_error(&buf[off..off + total]) {
+                        out.extend_from_slice(&buf[..off]);
+                        out.extend_from_slice(&ours);
+                        buf.advance(off + total);
+                        off = 0;
+                        continue;
+                    }
+                }
+            }
+            b'1' => st.on_parse_complete(),
+            b'3' => st.on_close_complete(),
+            b'C' => st.on_command_complete(body.strip_suffix(&[0]).unwrap_or(body)),
             b'Z' => {
-                r.on_ready();
-                r.status = buf.get(off + 5).copied().unwrap_or(b'I');
+                st.on_ready(body.first().copied().unwrap_or(b'I'));
                 ready.notify_waiters();
             }
             _ => {}
