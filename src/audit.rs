@@ -18,7 +18,7 @@ pub struct AuditRecord {
     pub user: String,
     pub database: String,
     pub application_name: String,
-    /// "simple", "extended" or "function_call".
+    /// "simple", "extended", "function_call" or "startup".
     pub protocol: &'static str,
     pub operation: String,
     pub table: Option<String>,

@@ -133,13 +133,14 @@ impl Cluster {
                    host all md5_user 127.0.0.1/32 md5\n\
                    host all md5_user ::1/128 md5\n\
                    host all all 127.0.0.1/32 trust\n\
-                   host all all ::1/128 trust\n";
+                   host all all ::1/128 trust\n\
+                   host replication all 127.0.0.1/32 trust\n";
         std::fs::write(data.join("pg_hba.conf"), hba)?;
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
             let opts = format!(
-                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=700 -c shared_buffers=128MB",
+                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=700 -c shared_buffers=128MB -c max_prepared_transactions=10",
                 cluster.dir.path().display()
             );
             let log = cluster.dir.path().join("postgres.log");

@@ -36,7 +36,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: Stream, startup: Startup, info
     let mut buf = BytesMut::with_capacity(1024);
     let ok = auth::authenticate(&mut client, &mut buf, stored.as_deref()).await;
     if !ok {
-        tracing::warn!(user = %user, addr = %info.client_addr, "admin console: authentication failed");
+        tracing::warn!(user = ?user, addr = ?info.client_addr, "admin console: authentication failed");
         fatal(
             &mut client,
             "28P01",
@@ -45,7 +45,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: Stream, startup: Startup, info
         .await;
         return;
     }
-    tracing::info!(user = %user, addr = %info.client_addr, "admin console: login");
+    tracing::info!(user = ?user, addr = ?info.client_addr, "admin console: login");
     let mut hello = BytesMut::new();
     hello.extend_from_slice(&protocol::authentication(0, &[]));
     for (k, v) in [

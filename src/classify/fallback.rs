@@ -147,6 +147,26 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
             }
         }
         "CHECKPOINT" | "FETCH" | "MOVE" if !may_write => {}
+        // Two-phase commit: writes nothing of its own (the transaction's
+        // statements were judged when they were sent).
+        "PREPARE" | "COMMIT" | "ROLLBACK"
+            if kw(1)
+                == if first == "PREPARE" {
+                    "TRANSACTION"
+                } else {
+                    "PREPARED"
+                }
+                && toks.len() == 3
+                && matches!(toks[2], Token::SingleQuotedString(_)) =>
+        {
+            info.command = format!("{first} {}", kw(1));
+        }
+        // Roles: no SQL can hide in their options; the policy decides.
+        "CREATE" if matches!(kw(1).as_str(), "USER" | "ROLE" | "GROUP") => {
+            let operation = format!("CREATE {}", kw(1));
+            info.command = operation.clone();
+            info.specials.push(Special::OtherDdl { operation });
+        }
         "VACUUM" => {
             let mut i = 1;
             let mut full = false;

@@ -76,6 +76,7 @@ struct DefaultsFile {
     call: Option<bool>,
     function_calls: Option<bool>,
     other_ddl: Option<bool>,
+    replication: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +120,7 @@ struct RoleFile {
     call: Option<bool>,
     function_calls: Option<bool>,
     other_ddl: Option<bool>,
+    replication: Option<bool>,
 }
 
 /// Loads, validates and returns the policy and the operational settings.
@@ -339,6 +341,7 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
         call: defaults.call.unwrap_or(false),
         function_calls: defaults.function_calls.unwrap_or(false),
         other_ddl: defaults.other_ddl.unwrap_or(false),
+        replication: defaults.replication.unwrap_or(false),
     };
     let default_allow = match &defaults.allow {
         Some(list) => cx.allowed(list)?,
@@ -353,6 +356,7 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
                 call: r.call.unwrap_or(base.call),
                 function_calls: r.function_calls.unwrap_or(base.function_calls),
                 other_ddl: r.other_ddl.unwrap_or(base.other_ddl),
+                replication: r.replication.unwrap_or(base.replication),
             },
         );
     }

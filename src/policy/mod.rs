@@ -68,6 +68,10 @@ pub struct RoleOptions {
     pub call: bool,
     pub function_calls: bool,
     pub other_ddl: bool,
+    /// Replication connections (startup `replication=true|database`): a
+    /// walsender takes commands that are not SQL (CREATE/DROP_REPLICATION_SLOT,
+    /// BASE_BACKUP, ...), which the guard cannot judge. Off by default.
+    pub replication: bool,
 }
 
 /// Every operation, in the order messages list them.

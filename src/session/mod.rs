@@ -23,11 +23,17 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
     let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
     let startup = match tokio::time::timeout(timeout, startup_phase(&guard, &mut client)).await {
         Err(_) => {
-            tracing::debug!(%peer, "startup timed out");
+            tracing::debug!(?peer, "startup timed out");
+            return;
+        }
+        Ok(Err(ProtocolError::BadLength { len, .. })) => {
+            // As PostgreSQL does: no answer to a packet that cannot be a
+            // startup packet (e.g. a regular message sent first).
+            tracing::info!(?peer, len, "invalid length of startup packet");
             return;
         }
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "bad startup");
+            tracing::debug!(?peer, error = ?e, "bad startup");
             let msg = protocol::error_response(Severity::Fatal, "08P01", &e.to_string(), None);
             let _ = client.write_all(&msg).await;
             return;
@@ -46,6 +52,18 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
         crate::admin::serve(guard, client, startup, info).await;
         return;
     }
+    if let Some(mode) = replication_mode(&startup) {
+        if !guard
+            .runtime
+            .load()
+            .policy
+            .options_for(&info.user)
+            .replication
+        {
+            refuse_replication(&guard, &info, mode, &mut client).await;
+            return;
+        }
+    }
     let upstream = match connect_upstream(&guard).await {
         Ok(s) => s,
         Err(e) => {
@@ -63,7 +81,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
             return;
         }
     };
-    tracing::debug!(session = info.id, user = %info.user, db = %info.database, "session start");
+    tracing::debug!(session = info.id, user = ?info.user, db = ?info.database, "session start");
     let id = info.id;
     guard.clients_registry.lock().unwrap().insert(
         id,
@@ -102,6 +120,61 @@ async fn startup_phase(
             Some(FirstPacket::Startup(s)) => return Ok(Some(s)),
         }
     }
+}
+
+/// The `replication` startup parameter, if it asks for a walsender: anything
+/// PostgreSQL would not read as false (`database`, or a true boolean; an
+/// invalid value is refused by the server anyway).
+fn replication_mode(startup: &Startup) -> Option<&str> {
+    let v = startup.param("replication")?;
+    let lower = v.trim().to_ascii_lowercase();
+    let off = ["false", "no", "off", "0"]
+        .iter()
+        .any(|f| !lower.is_empty() && f.starts_with(&lower) && lower != "o");
+    (!off).then_some(v)
+}
+
+/// Refuses a replication connection the policy does not allow: audited,
+/// and a FATAL naming the reason.
+async fn refuse_replication(
+    guard: &Guard,
+    info: &SessionInfo,
+    mode: &str,
+    client: &mut net::Stream,
+) {
+    let message = format!(
+        "replication connections are not allowed through zoneguard for role \"{}\"",
+        info.user
+    );
+    guard.stats.count_rejection("replication");
+    guard
+        .audit
+        .write(&audit::AuditRecord {
+            time: audit::now_rfc3339(),
+            event: "rejected",
+            session_id: info.id,
+            client_addr: info.client_addr.clone(),
+            user: info.user.clone(),
+            database: info.database.clone(),
+            application_name: info.application_name.clone(),
+            protocol: "startup",
+            operation: "REPLICATION".into(),
+            table: None,
+            zone: None,
+            rule: "replication".into(),
+            sqlstate: "42501".into(),
+            message: message.clone(),
+            statement: format!("replication={mode}"),
+            statement_truncated: false,
+        })
+        .await;
+    let msg = protocol::error_response(
+        Severity::Fatal,
+        "42501",
+        &message,
+        Some("A walsender's commands (CREATE_REPLICATION_SLOT, DROP_REPLICATION_SLOT, BASE_BACKUP, ...) are not SQL and cannot be judged. Connect to PostgreSQL directly, or set replication = true for this role in policy.toml."),
+    );
+    let _ = client.write_all(&msg).await;
 }
 
 async fn connect_upstream(guard: &Guard) -> std::io::Result<net::Stream> {
