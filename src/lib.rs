@@ -1,11 +1,13 @@
 //! zoneguard: a PostgreSQL wire-protocol guard that keeps legacy tables
 //! read-only for new applications, at the network edge.
 //!
-//! The data's trip, one module per stage: [`server`] accepts, [`session`]
+//! The data's trip, one module per stage: [`server`] accepts ([`admission`]
+//! decides what a connection may hold before it authenticates), [`session`]
 //! relays one client, [`protocol`] frames messages, [`classify`] turns SQL
 //! into facts, [`policy`] turns facts into a verdict, [`reject`] makes the
 //! server fail a rejected statement as PostgreSQL would, [`audit`] records it.
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod backfill;
 pub mod cache;

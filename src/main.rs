@@ -95,6 +95,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_new(&filter).context("bad --log-level")?,
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Right-sized runtime. The guard usually shares its machine with the
     // database or the application, so by default it takes half the cores.

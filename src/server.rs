@@ -8,12 +8,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Semaphore;
 
 use crate::audit::AuditLog;
 use crate::net::Stream;
 use crate::policy::{Policy, Settings};
-use crate::protocol::{self, Severity};
 
 /// The policy in force and the switch positions, swapped as one.
 #[derive(Debug)]
@@ -46,7 +44,9 @@ pub struct Guard {
     /// Classification results by statement text, shared by all sessions.
     pub cache: crate::cache::ClassifyCache,
     next_session: AtomicU64,
-    clients: Arc<Semaphore>,
+    pub admission: Arc<crate::admission::Admission>,
+    /// Failed admin console logins per client address.
+    pub console_throttle: crate::admin::Throttle,
 }
 
 impl Guard {
@@ -71,12 +71,18 @@ impl Guard {
             control_lock: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
             clients_registry: std::sync::Mutex::new(BTreeMap::new()),
-            clients: Arc::new(Semaphore::new(settings.proxy.max_clients)),
+            admission: crate::admission::Admission::new(
+                settings.proxy.max_clients,
+                settings.proxy.reserved_console_slots,
+                settings.proxy.max_unauthenticated_per_address,
+                settings.proxy.max_unauthenticated,
+            ),
             settings,
             upstream,
             audit,
             cache: crate::cache::ClassifyCache::default(),
             nonce: format!("{:016x}", rand::random::<u64>()),
+            console_throttle: Default::default(),
             next_session: AtomicU64::new(1),
         }))
     }
@@ -151,27 +157,10 @@ pub async fn run_listeners(
                 continue;
             }
         };
-        let guard = guard.clone();
-        match guard.clients.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    crate::session::serve(guard, socket, peer).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    use tokio::io::AsyncWriteExt;
-                    let mut socket = socket;
-                    let msg = protocol::error_response(
-                        Severity::Fatal,
-                        "53300",
-                        "sorry, too many clients already",
-                        Some("zoneguard's [proxy] max_clients limit is reached."),
-                    );
-                    let _ = socket.write_all(&msg).await;
-                });
-            }
-        }
+        // A place among the unauthenticated (the oldest such connection
+        // makes room at a cap); a session slot is taken after the startup
+        // packet, when the guard knows whether it is a console login.
+        let ticket = guard.admission.admit(&peer);
+        tokio::spawn(crate::session::serve(guard.clone(), socket, peer, ticket));
     }
 }

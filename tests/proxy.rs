@@ -509,11 +509,13 @@ async fn malformed_frames_get_08p01_and_others_keep_working() {
     let reply = read_to_end(&mut huge).await;
     assert!(reply.windows(6).any(|w| w == b"C54000"), "{reply:?}");
 
-    // Junk before startup, and a client that vanishes mid-message.
+    // Junk before startup (closed without a word, as PostgreSQL does with
+    // an invalid startup packet length), and a client that vanishes
+    // mid-message.
     let mut junk = tokio::net::TcpStream::connect(g.addr).await.unwrap();
     junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let reply = read_to_end(&mut junk).await;
-    assert_eq!(reply.first(), Some(&b'E'));
+    assert!(reply.is_empty(), "{reply:?}");
     let mut half = raw_session(&g, &db).await;
     half.write_all(&[b'Q', 0, 0, 0, 100, b'S']).await.unwrap();
     drop(half);

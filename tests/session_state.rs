@@ -558,3 +558,150 @@ async fn valid_postgres_that_psycopg_sends_passes() {
     );
     assert_eq!(count(&d, "SELECT count(*) FROM users").await, 5);
 }
+
+#[tokio::test]
+async fn the_console_stays_reachable_under_a_flood_of_silent_connections() {
+    let db = fresh_db();
+    let policy = SHIPPED_POLICY
+        .replace("max_clients = 1000", "max_clients = 20")
+        .replace(
+            "max_unauthenticated_per_address = 256",
+            "max_unauthenticated_per_address = 50",
+        );
+    assert_ne!(policy, SHIPPED_POLICY);
+    let g = TestGuard::start(&policy).await;
+    // 300 connections that never send a startup packet.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(TcpStream::connect(g.addr).await.unwrap());
+    }
+    let (waiting, evicted) = g.guard.admission.unauthenticated();
+    assert!(waiting <= 50, "{waiting}");
+    assert!(evicted >= 250, "{evicted}");
+    // The admin flips the switch; applications still connect.
+    let console = admin(&g).await;
+    console
+        .simple_query("SET SWITCH enable_new_commerce = off")
+        .await
+        .unwrap();
+    let app = match tokio_postgres::connect(&g.url("app", &db), tokio_postgres::NoTls).await {
+        Ok((c, conn)) => {
+            tokio::spawn(conn);
+            c
+        }
+        Err(e) => panic!("{e:?}"),
+    };
+    assert_eq!(count(&app, "SELECT count(*) FROM users").await, 5);
+    // With every session slot taken (the console and app above hold two),
+    // the console still has its reserve.
+    let mut held = Vec::new();
+    for _ in 0..18 {
+        held.push(g.connect("app", &db).await);
+    }
+    let url = g.url("app", &db);
+    let refused = tokio_postgres::connect(&url, tokio_postgres::NoTls).await;
+    assert_eq!(sqlstate(refused.map(|(c, _)| c)), "53300");
+    let console = admin(&g).await;
+    console.simple_query("SHOW SWITCHES").await.unwrap();
+    drop(silent);
+}
+
+#[tokio::test]
+async fn console_logins_are_throttled_and_do_not_tell_which_names_exist() {
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    // Known and unknown names are both asked for SCRAM-SHA-256.
+    for user in ["zgadmin", "nobody"] {
+        let mut s = startup_and(&g, &[("user", user), ("database", "zoneguard")], b"").await;
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], b'R', "{user}");
+        assert_eq!(
+            i32::from_be_bytes(head[5..9].try_into().unwrap()),
+            10,
+            "{user}: SASL"
+        );
+    }
+    let port = g.addr.port();
+    let url = |user: &str, pw: &str| format!("postgresql://{user}:{pw}@127.0.0.1:{port}/zoneguard");
+    let started = std::time::Instant::now();
+    for i in 0..zoneguard::admin::throttle::MAX_FAILURES {
+        let user = if i % 2 == 0 { "zgadmin" } else { "nobody" };
+        let r = tokio_postgres::connect(&url(user, "wrong"), tokio_postgres::NoTls).await;
+        assert_eq!(sqlstate(r.map(|(c, _)| c)), "28P01");
+    }
+    // Each failure is answered after a delay.
+    assert!(started.elapsed() >= zoneguard::admin::throttle::FAILURE_DELAY * 10);
+    // Locked out now, even with the right password.
+    let r = tokio_postgres::connect(&url("zgadmin", "zgadmin"), tokio_postgres::NoTls).await;
+    let e = db_error(r.map(|(c, _)| c));
+    assert_eq!(e.code().code(), "28000");
+    assert!(e.message().contains("too many failed"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn untrusted_values_are_escaped_in_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, SHIPPED_POLICY).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zoneguard"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--listen", &listen, "--upstream", &cluster().addr()])
+        .args(["--log-level", "debug"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut up = None;
+    for _ in 0..200 {
+        if let Ok(s) = TcpStream::connect(&listen).await {
+            up = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(up.expect("the guard listens"));
+    // A user name that would forge a log line, with a terminal escape.
+    let forged = "x\n2026-12-02T00:00:00.000000Z  WARN zoneguard::control: switch flipped who=\"zgadmin\"\u{1b}[2K";
+    let mut s = TcpStream::connect(&listen).await.unwrap();
+    let mut out =
+        zoneguard::protocol::startup_message(&[("user", forged), ("database", "zoneguard")])
+            .to_vec();
+    out.extend(msg(b'p', b"WRONG\0\0\0\0\0"));
+    s.write_all(&out).await.unwrap();
+    let _ = read_to_end(&mut s).await;
+    let pid = child.id().unwrap() as i32;
+    // End the guard we started, by its PID.
+    terminate(pid);
+    let mut stderr = Vec::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .await
+        .unwrap();
+    let _ = child.wait().await;
+    let text = String::from_utf8_lossy(&stderr);
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!stderr.contains(&0x1b), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("2026-12-02T00:00:00.000000Z")),
+        "{text}"
+    );
+}
+
+fn terminate(pid: i32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}

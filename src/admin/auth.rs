@@ -109,16 +109,37 @@ pub(super) async fn read_frame(client: &mut Stream, buf: &mut BytesMut) -> Optio
     }
 }
 
-/// Runs the password exchange for `stored` (None: an unknown role, which
-/// goes through the same motions and fails). True when the password is right.
-pub async fn authenticate(client: &mut Stream, buf: &mut BytesMut, stored: Option<&str>) -> bool {
-    match stored.and_then(parse_verifier) {
-        Some(v) => scram(client, buf, &v).await.unwrap_or(false),
-        None => md5(client, buf, stored).await.unwrap_or(false),
+/// A verifier no password matches, the same for the same name within one
+/// process (so repeated tries see the same salt, as for a real role).
+pub fn mock_verifier(secret: &str, user: &str) -> Verifier {
+    let digest = |what: &str| Sha256::digest(format!("{secret}\0{what}\0{user}")).to_vec();
+    Verifier {
+        iterations: 4096,
+        salt: digest("salt")[..16].to_vec(),
+        stored_key: digest("stored"),
+        server_key: digest("server"),
     }
 }
 
-async fn md5(client: &mut Stream, buf: &mut BytesMut, stored: Option<&str>) -> Option<bool> {
+/// Runs the password exchange for `stored`: SCRAM for a SCRAM verifier, md5
+/// for an md5 hash, and for an unknown role (None) a SCRAM exchange against
+/// `mock`, which fails. `Some(true)` when the password is right,
+/// `Some(false)` when the client answered wrongly, `None` when it left or
+/// sent something that is no answer (psql leaves to prompt for a password).
+pub async fn authenticate(
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    stored: Option<&str>,
+    mock: Verifier,
+) -> Option<bool> {
+    match stored {
+        Some(s) if s.starts_with("md5") => md5(client, buf, s).await,
+        Some(s) => scram(client, buf, &parse_verifier(s)?).await,
+        None => scram(client, buf, &mock).await.map(|_| false),
+    }
+}
+
+async fn md5(client: &mut Stream, buf: &mut BytesMut, stored: &str) -> Option<bool> {
     let salt: [u8; 4] = rand::random();
     client
         .write_all(&protocol::authentication(5, &salt))
@@ -130,7 +151,7 @@ async fn md5(client: &mut Stream, buf: &mut BytesMut, stored: Option<&str>) -> O
     }
     let mut body = answer.body();
     let given = protocol::take_cstr(&mut body)?;
-    Some(stored.is_some_and(|s| s.starts_with("md5") && md5_response(s, &salt).as_bytes() == given))
+    Some(md5_response(stored, &salt).as_bytes() == given)
 }
 
 /// SCRAM-SHA-256 without channel binding (RFC 5802, as PostgreSQL does it).

@@ -4,8 +4,10 @@
 //! md5 password check against the hash in the policy (see `auth`).
 
 mod auth;
+pub mod throttle;
 
 pub use auth::{md5_hash, scram_verifier, valid_hash};
+pub use throttle::Throttle;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,13 +32,48 @@ async fn fatal(client: &mut Stream, code: &str, msg: &str) {
         .await;
 }
 
-pub async fn serve(guard: Arc<Guard>, mut client: Stream, startup: Startup, info: SessionInfo) {
+pub async fn serve(
+    guard: Arc<Guard>,
+    mut client: Stream,
+    startup: Startup,
+    info: SessionInfo,
+    ticket: crate::admission::Ticket,
+) {
     let user = startup.user().to_string();
+    let address = crate::admission::host_of(&info.client_addr).to_owned();
+    if let Some(left) = guard.console_throttle.locked(&address) {
+        tracing::warn!(user = ?user, addr = ?info.client_addr, "admin console: login refused, too many failed attempts from this address");
+        fatal(
+            &mut client,
+            "28000",
+            &format!(
+                "too many failed admin console logins from this address: try again in {} s",
+                left.as_secs() + 1
+            ),
+        )
+        .await;
+        return;
+    }
     let stored = guard.runtime.load().policy.admins.get(&user).cloned();
     let mut buf = BytesMut::with_capacity(1024);
-    let ok = auth::authenticate(&mut client, &mut buf, stored.as_deref()).await;
-    if !ok {
-        tracing::warn!(user = ?user, addr = ?info.client_addr, "admin console: authentication failed");
+    // An unknown name goes through a SCRAM exchange that always fails, as
+    // PostgreSQL does, so the answer does not tell which names exist.
+    let mock = auth::mock_verifier(&guard.nonce, &user);
+    let timeout = std::time::Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
+    let exchange = tokio::time::timeout(
+        timeout,
+        auth::authenticate(&mut client, &mut buf, stored.as_deref(), mock),
+    );
+    let answered = tokio::select! {
+        r = exchange => r.ok().flatten(),
+        _ = ticket.evicted() => return,
+    };
+    if answered != Some(true) {
+        if answered == Some(false) {
+            let failures = guard.console_throttle.failed(&address);
+            tracing::warn!(user = ?user, addr = ?info.client_addr, failures, "admin console: authentication failed");
+            tokio::time::sleep(throttle::FAILURE_DELAY).await;
+        }
         fatal(
             &mut client,
             "28P01",
@@ -46,6 +83,8 @@ pub async fn serve(guard: Arc<Guard>, mut client: Stream, startup: Startup, info
         return;
     }
     tracing::info!(user = ?user, addr = ?info.client_addr, "admin console: login");
+    guard.console_throttle.succeeded(&address);
+    drop(ticket);
     let mut hello = BytesMut::new();
     hello.extend_from_slice(&protocol::authentication(0, &[]));
     for (k, v) in [

@@ -205,6 +205,14 @@ pub struct ProxySettings {
     pub connect_timeout_secs: u64,
     /// Most client connections served at once; more get 53300.
     pub max_clients: usize,
+    /// Slots beyond `max_clients` that only admin console logins may take.
+    pub reserved_console_slots: usize,
+    /// Most connections from one client address that have not authenticated
+    /// yet; at the cap the oldest of them is dropped.
+    pub max_unauthenticated_per_address: usize,
+    /// Most unauthenticated connections in all; at the cap the oldest is
+    /// dropped.
+    pub max_unauthenticated: usize,
 }
 
 impl Default for ProxySettings {
@@ -217,6 +225,9 @@ impl Default for ProxySettings {
             startup_timeout_secs: 10,
             connect_timeout_secs: 5,
             max_clients: 1000,
+            reserved_console_slots: 3,
+            max_unauthenticated_per_address: 256,
+            max_unauthenticated: 2048,
         }
     }
 }

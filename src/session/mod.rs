@@ -14,14 +14,23 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 
+use crate::admission::{Slot, Ticket};
 use crate::audit::{self, SessionInfo};
 use crate::net;
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
 use crate::server::Guard;
 
-pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
+pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String, ticket: Ticket) {
     let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
-    let startup = match tokio::time::timeout(timeout, startup_phase(&guard, &mut client)).await {
+    let evicted = ticket.evicted();
+    let startup = tokio::select! {
+        r = tokio::time::timeout(timeout, startup_phase(&guard, &mut client)) => r,
+        _ = evicted => {
+            tracing::debug!(?peer, "evicted before its startup packet");
+            return;
+        }
+    };
+    let startup = match startup {
         Err(_) => {
             tracing::debug!(?peer, "startup timed out");
             return;
@@ -48,8 +57,23 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
         database: startup.database().to_string(),
         application_name: startup.param("application_name").unwrap_or("").to_string(),
     };
-    if startup.database() == crate::admin::DATABASE {
-        crate::admin::serve(guard, client, startup, info).await;
+    let console = startup.database() == crate::admin::DATABASE;
+    let Some(_slot) = guard.admission.slot(if console {
+        Slot::Console
+    } else {
+        Slot::Database
+    }) else {
+        let msg = protocol::error_response(
+            Severity::Fatal,
+            "53300",
+            "sorry, too many clients already",
+            Some("zoneguard's [proxy] max_clients limit is reached."),
+        );
+        let _ = client.write_all(&msg).await;
+        return;
+    };
+    if console {
+        crate::admin::serve(guard, client, startup, info, ticket).await;
         return;
     }
     if let Some(mode) = replication_mode(&startup) {
@@ -93,7 +117,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String) {
             connected_at: audit::now_rfc3339(),
         },
     );
-    relay(guard.clone(), info, startup, client, upstream).await;
+    relay(guard.clone(), info, startup, client, upstream, ticket).await;
     guard.clients_registry.lock().unwrap().remove(&id);
 }
 
@@ -196,6 +220,7 @@ async fn relay(
     startup: Startup,
     client: net::Stream,
     mut upstream: net::Stream,
+    ticket: Ticket,
 ) {
     if upstream.write_all(&startup.raw).await.is_err() {
         return;
@@ -205,19 +230,19 @@ async fn relay(
     match (client, upstream) {
         (Tcp(c), Tcp(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
         }
         (Tcp(c), Unix(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
         }
         (Unix(c), Tcp(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
         }
         (Unix(c), Unix(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
         }
     }
 }
@@ -225,6 +250,7 @@ async fn relay(
 async fn relay_halves<CR, CW, UR, UW>(
     guard: Arc<Guard>,
     info: SessionInfo,
+    ticket: Ticket,
     cr: CR,
     cw: CW,
     ur: UR,
@@ -240,12 +266,18 @@ async fn relay_halves<CR, CW, UR, UW>(
     let (fatal_tx, fatal_rx) = oneshot::channel::<Bytes>();
     let mut c2s = client::ClientSide::new(guard.clone(), info, state.clone(), ready.clone());
     let c2s = c2s.run(cr, uw, fatal_tx);
-    let s2c = server::server_to_client(ur, cw, state, fatal_rx, ready);
-    tokio::pin!(c2s, s2c);
+    // The ticket goes with the server half, which drops it once the server
+    // has authenticated the client; until then the session can be evicted.
+    let evicted = ticket.evicted();
+    let s2c = server::server_to_client(ur, cw, state, fatal_rx, ready, Some(ticket));
+    tokio::pin!(c2s, s2c, evicted);
     tokio::select! {
         // A fixed order: no random number drawn on every wake-up.
         biased;
         _ = &mut s2c => {}
+        _ = &mut evicted => {
+            tracing::debug!("evicted before authentication");
+        }
         end = &mut c2s => {
             if let ClientEnd::Fatal = end {
                 // Let the server half deliver the error, briefly.

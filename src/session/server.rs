@@ -60,6 +60,7 @@ pub(crate) async fn server_to_client<R, W>(
     state: Arc<Mutex<SessionState>>,
     mut fatal: oneshot::Receiver<Bytes>,
     ready: Arc<Notify>,
+    mut ticket: Option<crate::admission::Ticket>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -98,7 +99,15 @@ pub(crate) async fn server_to_client<R, W>(
             }
         }
         // One lock for the whole batch: the scan does not wait on anything.
-        let scanned = scan(&mut buf, &mut out, &mut state.lock().unwrap(), &ready);
+        let scanned = {
+            let mut st = state.lock().unwrap();
+            let scanned = scan(&mut buf, &mut out, &mut st, &ready);
+            if ticket.is_some() && st.authenticated {
+                // No longer among the unauthenticated.
+                ticket = None;
+            }
+            scanned
+        };
         let off = match scanned {
             Scan::Relay(off) => off,
             Scan::BadFrame(e, off) => {
