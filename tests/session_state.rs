@@ -51,6 +51,26 @@ fn query(sql: &[u8]) -> Vec<u8> {
     msg(b'Q', &b)
 }
 
+/// Two simple Queries in one TCP write.
+fn pipelined(first: &[u8], then: &[u8]) -> Vec<u8> {
+    let mut out = query(first);
+    out.extend(query(then));
+    out
+}
+
+/// One extended batch: `first` (with text parameters), then `then`, each
+/// parsed, bound and executed, and one Sync.
+fn one_batch(first: &[u8], params: &[&str], then: &[u8]) -> Vec<u8> {
+    let mut out = parse("", first);
+    out.extend(bind("", params));
+    out.extend(execute());
+    out.extend(parse("", then));
+    out.extend(bind("", &[]));
+    out.extend(execute());
+    out.extend(sync());
+    out
+}
+
 /// The server's messages in `bytes`, as (tag, body).
 fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
@@ -199,9 +219,7 @@ async fn client_encoding_changes_are_refused_or_end_the_session() {
         b"SELECT pg_catalog.set_config('CLIENT_ENCODING', 'sjis', true)",
     ] {
         let mut s = raw_session(&g, &db).await;
-        let mut out = query(set);
-        out.extend(query(SJIS_EXPLOIT));
-        s.write_all(&out).await.unwrap();
+        s.write_all(&pipelined(set, SJIS_EXPLOIT)).await.unwrap();
         let reply = read_ready(&mut s, 2).await;
         let errs = errors(&reply);
         assert_eq!(
@@ -217,9 +235,8 @@ async fn client_encoding_changes_are_refused_or_end_the_session() {
     // behind it waits for the server's answer, which reports SJIS and ends
     // the session before the exploit is judged or sent.
     let mut s = raw_session(&g, &db).await;
-    let mut out = query(b"SELECT set_config(lower('CLIENT_ENCODING'), 'SJIS', false)");
-    out.extend(query(SJIS_EXPLOIT));
-    s.write_all(&out).await.unwrap();
+    let first = b"SELECT set_config(lower('CLIENT_ENCODING'), 'SJIS', false)";
+    s.write_all(&pipelined(first, SJIS_EXPLOIT)).await.unwrap();
     let errs = errors(&read_to_end(&mut s).await);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!((errs[0].0.as_str(), errs[0].1.as_str()), ("FATAL", "0A000"));
@@ -227,13 +244,8 @@ async fn client_encoding_changes_are_refused_or_end_the_session() {
     // the batch (the guard cannot wait there), so it is rejected; the
     // batch fails, which rolls the set_config back, and the session goes on.
     let mut s = raw_session(&g, &db).await;
-    let mut out = parse("", b"SELECT set_config(lower($1), 'SJIS', false)");
-    out.extend(bind("", &["CLIENT_ENCODING"]));
-    out.extend(execute());
-    out.extend(parse("", SJIS_EXPLOIT));
-    out.extend(bind("", &[]));
-    out.extend(execute());
-    out.extend(sync());
+    let first = b"SELECT set_config(lower($1), 'SJIS', false)";
+    let mut out = one_batch(first, &["CLIENT_ENCODING"], SJIS_EXPLOIT);
     out.extend(query(b"SHOW client_encoding"));
     s.write_all(&out).await.unwrap();
     let reply = read_ready(&mut s, 2).await;
@@ -258,22 +270,15 @@ async fn string_syntax_in_any_spelling_and_any_protocol() {
     ] {
         // Simple protocol, pipelined in one write.
         let mut s = raw_session(&g, &db).await;
-        let mut out = query(set);
-        out.extend(query(SCS_EXPLOIT));
-        s.write_all(&out).await.unwrap();
+        s.write_all(&pipelined(set, SCS_EXPLOIT)).await.unwrap();
         let errs = errors(&read_ready(&mut s, 2).await);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].1, "42501", "{errs:?}");
         // One extended batch with one Sync.
         let mut s = raw_session(&g, &db).await;
-        let mut out = parse("", set);
-        out.extend(bind("", &[]));
-        out.extend(execute());
-        out.extend(parse("", SCS_EXPLOIT));
-        out.extend(bind("", &[]));
-        out.extend(execute());
-        out.extend(sync());
-        s.write_all(&out).await.unwrap();
+        s.write_all(&one_batch(set, &[], SCS_EXPLOIT))
+            .await
+            .unwrap();
         let errs = errors(&read_ready(&mut s, 1).await);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].1, "42501", "{errs:?}");
@@ -301,17 +306,13 @@ async fn barriers_that_a_prepared_statement_hides() {
     .await
     .unwrap();
     read_ready(&mut s, 1).await;
-    let mut out = query(b"EXECUTE p('standard_conforming_strings')");
-    out.extend(query(SCS_EXPLOIT));
-    s.write_all(&out).await.unwrap();
+    let first = b"EXECUTE p('standard_conforming_strings')";
+    s.write_all(&pipelined(first, SCS_EXPLOIT)).await.unwrap();
     expect_closed(read_to_end(&mut s).await);
     // PREPARE and EXECUTE in one Query.
     let mut s = raw_session(&g, &db).await;
-    let mut out = query(
-        b"PREPARE q(text) AS SELECT set_config($1, 'off', false); EXECUTE q('standard_conforming_strings')",
-    );
-    out.extend(query(SCS_EXPLOIT));
-    s.write_all(&out).await.unwrap();
+    let first = b"PREPARE q(text) AS SELECT set_config($1, 'off', false); EXECUTE q('standard_conforming_strings')";
+    s.write_all(&pipelined(first, SCS_EXPLOIT)).await.unwrap();
     expect_closed(read_to_end(&mut s).await);
     // Extended protocol: a statement parsed once, bound again later with the
     // name as a parameter; the exploit in the next batch.

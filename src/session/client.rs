@@ -394,12 +394,21 @@ impl ClientSide {
     /// server; a name the guard cannot account for is refused. On a
     /// rejection, returns the denial and the SQL to audit.
     fn judge_bind(&mut self, portal: &[u8], name: &[u8]) -> Result<(), Box<(Denial, String)>> {
-        let candidates = self.state.lock().unwrap().candidates(name);
+        let runtime = self.guard.runtime.load();
+        let candidates = {
+            let st = self.state.lock().unwrap();
+            if st.settled_for(name, runtime.generation) {
+                if !self.portal_effects.is_empty() {
+                    self.portal_effects.remove(portal);
+                }
+                return Ok(());
+            }
+            st.candidates(name)
+        };
         let shown = String::from_utf8_lossy(name).into_owned();
         if candidates.is_empty() {
             return Err(Box::new((unknown_statement(&shown), String::new())));
         }
-        let runtime = self.guard.runtime.load();
         for c in &candidates {
             if c.judged.load(Ordering::Relaxed) == runtime.generation {
                 continue;

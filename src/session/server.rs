@@ -17,12 +17,15 @@ use crate::protocol::{self, Severity};
 /// Largest message accepted from the server (PostgreSQL's own limit is 1 GB).
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
-/// If a ParameterStatus body reports a state the guard cannot read, the
-/// FATAL error that ends the session.
-fn refused(body: &[u8]) -> Option<Bytes> {
+/// Records a ParameterStatus; if it reports a state the guard cannot read,
+/// returns the FATAL error that ends the session (R3).
+fn parameter(st: &mut SessionState, body: &[u8]) -> Option<Bytes> {
     let mut b = body;
     let (name, value) = (protocol::take_cstr(&mut b)?, protocol::take_cstr(&mut b)?);
-    let (message, hint) = reading::refused_parameter(name, value)?;
+    let Some((message, hint)) = reading::refused_parameter(name, value) else {
+        st.on_parameter(name, value);
+        return None;
+    };
     Some(protocol::error_response(
         Severity::Fatal,
         "0A000",
@@ -201,7 +204,7 @@ fn scan(buf: &mut BytesMut, out: &mut BytesMut, st: &mut SessionState, ready: &N
         }
         match tag {
             b'S' => {
-                if let Some(fatal) = refused(body) {
+                if let Some(fatal) = parameter(st, body) {
                     return Scan::Refused(fatal, off);
                 }
             }

@@ -12,7 +12,7 @@
 //! ends its unit did not happen.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::classify::StatementInfo;
@@ -25,13 +25,20 @@ use crate::reject::Rejections;
 pub struct Prepared {
     pub statements: Arc<Vec<StatementInfo>>,
     pub judged: AtomicU64,
+    /// Running it prepares or deallocates statements (SQL PREPARE, DEALLOCATE,
+    /// DISCARD ALL sent through the extended protocol).
+    pub effectful: bool,
 }
 
 impl Prepared {
     pub fn new(statements: Arc<Vec<StatementInfo>>, generation: u64) -> Arc<Prepared> {
+        let effectful = statements
+            .iter()
+            .any(|s| s.prepares.is_some() || s.deallocates.is_some());
         Arc::new(Prepared {
             statements,
             judged: AtomicU64::new(generation),
+            effectful,
         })
     }
 }
@@ -88,6 +95,11 @@ pub struct SessionState {
     /// The server sent an ErrorResponse of severity FATAL or PANIC: it ends
     /// the session itself, and the guard adds no error of its own.
     pub server_fatal: bool,
+    /// The settings the reading of SQL depends on, as the server last
+    /// reported them (`classify::reading`): only values the guard reads
+    /// under are ever recorded, since any other ends the session.
+    pub client_encoding: String,
+    pub standard_conforming_strings: bool,
 }
 
 impl SessionState {
@@ -105,6 +117,8 @@ impl SessionState {
             status: b'I',
             authenticated: false,
             server_fatal: false,
+            client_encoding: String::new(),
+            standard_conforming_strings: true,
         }
     }
 
@@ -126,11 +140,29 @@ impl SessionState {
     /// A statement version was sent under `name` (Parse or PREPARE); the
     /// matching [`PendingOp`] must be pushed with it.
     pub fn add_pending(&mut self, name: &[u8], prepared: Arc<Prepared>) {
-        self.statements
-            .entry(name.to_vec())
-            .or_default()
-            .pending
-            .push_back(prepared);
+        match self.statements.get_mut(name) {
+            Some(v) => v.pending.push_back(prepared),
+            None => {
+                self.statements.insert(
+                    name.to_vec(),
+                    Versions {
+                        confirmed: None,
+                        pending: VecDeque::from([prepared]),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The common Bind: `name` stands for versions all judged allowed under
+    /// `generation`, none of which changes the prepared statements. No
+    /// allocation; anything else goes through [`candidates`](Self::candidates).
+    pub fn settled_for(&self, name: &[u8], generation: u64) -> bool {
+        self.statements.get(name).is_some_and(|v| {
+            let mut all = v.confirmed.iter().chain(v.pending.iter()).peekable();
+            all.peek().is_some()
+                && all.all(|p| !p.effectful && p.judged.load(Ordering::Relaxed) == generation)
+        })
     }
 
     /// Every version `name` may stand for when the next message runs: the
@@ -216,6 +248,20 @@ impl SessionState {
     }
 
     // ---- what the server half learns ----
+
+    /// A ParameterStatus the guard can read under (see `reading`).
+    pub fn on_parameter(&mut self, name: &[u8], value: &[u8]) {
+        match name {
+            b"client_encoding" => {
+                self.client_encoding = String::from_utf8_lossy(value).into_owned();
+            }
+            b"standard_conforming_strings" => {
+                self.standard_conforming_strings =
+                    crate::classify::reading::is_on(&String::from_utf8_lossy(value));
+            }
+            _ => {}
+        }
+    }
 
     /// A ReadyForQuery arrived: its unit is over, and whatever it left
     /// unconfirmed did not happen.
