@@ -294,6 +294,15 @@ async fn client_encoding_changes_are_refused_or_end_the_session() {
     assert_eq!(errs[0].1, "42501");
     assert!(errs[0].2.contains("follows an Execute"), "{errs:?}");
     assert!(reply.windows(4).any(|w| w == b"UTF8"), "{reply:?}");
+    // Non-ASCII text without a backslash reads alike in every encoding as
+    // far as the guard cares (the policy names ASCII tables): pipelined
+    // after an Execute in one batch, it passes.
+    let then = "SELECT 'Zürich' AS kota, count(*) FROM users".as_bytes();
+    s.write_all(&one_batch(b"SELECT 1", &[], then))
+        .await
+        .unwrap();
+    let reply = read_ready(&mut s, 1).await;
+    assert!(errors(&reply).is_empty(), "{:?}", errors(&reply));
     assert_eq!(legacy_snapshot(&direct(&db).await).await, before);
 }
 

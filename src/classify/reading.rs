@@ -114,11 +114,19 @@ pub fn depends_on_settings(text: &[u8]) -> bool {
 /// Inside an extended batch after an Execute (the server may have changed a
 /// setting and will not say so before the batch's Sync): why `text` could be
 /// read differently under another state, if it could.
-pub fn ambiguous_mid_batch(text: &[u8]) -> Option<&'static str> {
-    if !text.is_ascii() {
+///
+/// Without a backslash, another client encoding can only fold an ASCII byte
+/// that follows a non-ASCII one into a non-ASCII character: no quote, comment
+/// or statement boundary moves (none of `'` `"` `$` `-` `/` `*` `(` `,` is
+/// ever a second byte), and every name the server then sees with a non-ASCII
+/// character is one the guard also sees with one. That matters only if the
+/// policy names tables with non-ASCII characters (`ascii_names` false).
+pub fn ambiguous_mid_batch(text: &[u8], ascii_names: bool) -> Option<&'static str> {
+    let backslash = text.contains(&b'\\');
+    if !text.is_ascii() && (backslash || !ascii_names) {
         return Some("it has non-ASCII characters");
     }
-    if !text.contains(&b'\\') {
+    if !backslash {
         return None;
     }
     match scan(text) {
@@ -363,9 +371,11 @@ mod tests {
         assert!(!depends_on_settings(b"SELECT 'a' FROM users"));
         assert!(depends_on_settings(b"SELECT E'\\n'"));
         assert!(depends_on_settings("SELECT 'é'".as_bytes()));
-        assert_eq!(ambiguous_mid_batch(b"SELECT E'\\n', $$\\$$"), None);
-        assert!(ambiguous_mid_batch(b"SELECT 'a\\'").is_some());
-        assert!(ambiguous_mid_batch("SELECT 'é'".as_bytes()).is_some());
+        assert_eq!(ambiguous_mid_batch(b"SELECT E'\\n', $$\\$$", true), None);
+        assert!(ambiguous_mid_batch(b"SELECT 'a\\'", true).is_some());
+        assert_eq!(ambiguous_mid_batch("SELECT 'é'".as_bytes(), true), None);
+        assert!(ambiguous_mid_batch("SELECT 'é'".as_bytes(), false).is_some());
+        assert!(ambiguous_mid_batch("SELECT 'é', E'\\n'".as_bytes(), true).is_some());
     }
 
     #[test]

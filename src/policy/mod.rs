@@ -160,6 +160,15 @@ impl Policy {
         out
     }
 
+    /// Whether every table the zones name is spelled in ASCII (see
+    /// `classify::reading::ambiguous_mid_batch`).
+    pub fn ascii_names(&self) -> bool {
+        self.zones
+            .iter()
+            .flat_map(|z| &z.tables)
+            .all(|t| t.name.is_ascii() && t.schema.as_deref().is_none_or(str::is_ascii))
+    }
+
     pub fn options_for(&self, role: &str) -> RoleOptions {
         self.roles
             .get(role)

@@ -455,12 +455,13 @@ impl ClientSide {
         let Ok(sql) = std::str::from_utf8(text) else {
             return Err(Box::new(invalid_utf8()));
         };
-        if self.executed_in_batch {
-            if let Some(why) = reading::ambiguous_mid_batch(text) {
+        let runtime = self.guard.runtime.load();
+        if self.executed_in_batch && reading::depends_on_settings(text) {
+            let ascii_names = runtime.policy.ascii_names();
+            if let Some(why) = reading::ambiguous_mid_batch(text, ascii_names) {
                 return Err(Box::new(ambiguous_mid_batch(why)));
             }
         }
-        let runtime = self.guard.runtime.load();
         let statements = self.guard.cache.classify(sql);
         let effects = self.judge_statements(&statements, &runtime)?;
         for st in statements.iter() {
