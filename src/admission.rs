@@ -43,11 +43,19 @@ pub struct Ticket {
     evict: Arc<Notify>,
 }
 
+/// A future that completes when a connection is evicted.
+pub type Evicted = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Ticket {
     /// Completes when the connection is evicted to make room for others.
-    pub fn evicted(&self) -> impl std::future::Future<Output = ()> + 'static {
+    pub fn evicted(&self) -> Evicted {
         let evict = self.evict.clone();
-        async move { evict.notified().await }
+        Box::pin(async move { evict.notified().await })
+    }
+
+    /// A future that never completes (no ticket held).
+    pub fn never() -> Evicted {
+        Box::pin(std::future::pending())
     }
 }
 

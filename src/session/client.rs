@@ -293,10 +293,11 @@ impl ClientSide {
                     Ok(judged) => {
                         // What a PREPARE or DEALLOCATE text does happens at
                         // its Execute (see Bind), not here.
-                        let version = Prepared::new(judged.statements, judged.generation);
-                        let mut st = self.state.lock().unwrap();
-                        st.add_pending(msg.name, version);
-                        st.push_op(PendingOp::Parse(msg.name.to_vec()));
+                        self.state.lock().unwrap().add_parsed(
+                            msg.name,
+                            judged.statements,
+                            judged.generation,
+                        );
                         Ok(None)
                     }
                     Err(denial) => {

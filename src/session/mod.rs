@@ -268,16 +268,12 @@ async fn relay_halves<CR, CW, UR, UW>(
     let c2s = c2s.run(cr, uw, fatal_tx);
     // The ticket goes with the server half, which drops it once the server
     // has authenticated the client; until then the session can be evicted.
-    let evicted = ticket.evicted();
     let s2c = server::server_to_client(ur, cw, state, fatal_rx, ready, Some(ticket));
-    tokio::pin!(c2s, s2c, evicted);
+    tokio::pin!(c2s, s2c);
     tokio::select! {
         // A fixed order: no random number drawn on every wake-up.
         biased;
         _ = &mut s2c => {}
-        _ = &mut evicted => {
-            tracing::debug!("evicted before authentication");
-        }
         end = &mut c2s => {
             if let ClientEnd::Fatal = end {
                 // Let the server half deliver the error, briefly.

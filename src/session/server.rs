@@ -70,9 +70,22 @@ pub(crate) async fn server_to_client<R, W>(
 {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out = BytesMut::new();
+    let evicted = match &ticket {
+        Some(t) => t.evicted(),
+        None => crate::admission::Ticket::never(),
+    };
+    tokio::pin!(evicted);
     loop {
         tokio::select! {
             biased;
+            // Until the server has authenticated the client, the admission
+            // may evict the session to make room (see `admission`); the
+            // branch is off afterwards, so the hot path does not poll it.
+            _ = &mut evicted, if ticket.is_some() => {
+                tracing::debug!("evicted before authentication");
+                let _ = cw.shutdown().await;
+                return;
+            }
             msg = &mut fatal => {
                 if let Ok(msg) = msg {
                     let _ = cw.write_all(&msg).await;

@@ -87,6 +87,9 @@ struct Versions {
 pub struct SessionState {
     pub rejections: Rejections,
     units: VecDeque<Unit>,
+    /// An emptied op queue kept for the next unit (one allocation saved per
+    /// extended batch).
+    spare: VecDeque<PendingOp>,
     statements: HashMap<Vec<u8>, Versions>,
     /// Transaction status of the last ReadyForQuery: b'I', b'T' or b'E'.
     pub status: u8,
@@ -113,6 +116,7 @@ impl SessionState {
                 open: false,
                 ops: VecDeque::new(),
             }]),
+            spare: VecDeque::new(),
             statements: HashMap::new(),
             status: b'I',
             authenticated: false,
@@ -128,12 +132,16 @@ impl SessionState {
     pub fn push_op(&mut self, op: PendingOp) {
         match self.units.back_mut() {
             Some(u) if u.open => u.ops.push_back(op),
-            _ => self.units.push_back(Unit {
-                seq: 0,
-                swallow: false,
-                open: true,
-                ops: VecDeque::from([op]),
-            }),
+            _ => {
+                let mut ops = std::mem::take(&mut self.spare);
+                ops.push_back(op);
+                self.units.push_back(Unit {
+                    seq: 0,
+                    swallow: false,
+                    open: true,
+                    ops,
+                })
+            }
         }
     }
 
@@ -152,6 +160,32 @@ impl SessionState {
                 );
             }
         }
+    }
+
+    /// Records a Parse of `statements` (judged allowed under `generation`)
+    /// as pending under `name`. A driver that parses the same text again
+    /// (the unnamed statement, every query) shares the newest version's
+    /// record instead of allocating one.
+    pub fn add_parsed(
+        &mut self,
+        name: &[u8],
+        statements: Arc<Vec<StatementInfo>>,
+        generation: u64,
+    ) {
+        if let Some(v) = self.statements.get_mut(name) {
+            let reuse = v.pending.back().or(v.confirmed.as_ref()).filter(|p| {
+                Arc::ptr_eq(&p.statements, &statements)
+                    && p.judged.load(Ordering::Relaxed) == generation
+            });
+            let version = match reuse {
+                Some(p) => p.clone(),
+                None => Prepared::new(statements, generation),
+            };
+            v.pending.push_back(version);
+        } else {
+            self.add_pending(name, Prepared::new(statements, generation));
+        }
+        self.push_op(PendingOp::Parse(name.to_vec()));
     }
 
     /// The common Bind: `name` stands for versions all judged allowed under
@@ -273,6 +307,9 @@ impl SessionState {
             while let Some(op) = u.ops.pop_front() {
                 self.settle(op, false);
             }
+            if u.ops.capacity() > 0 && self.spare.capacity() == 0 {
+                self.spare = u.ops;
+            }
         }
     }
 
@@ -333,17 +370,20 @@ impl SessionState {
     fn settle(&mut self, op: PendingOp, happened: bool) {
         match op {
             PendingOp::Parse(name) | PendingOp::Prepare(name) => {
-                if let Some(v) = self.statements.get_mut(&name) {
-                    let version = v.pending.pop_front();
-                    if happened {
-                        v.confirmed = version;
-                    } else if name.is_empty() {
-                        // The server drops the unnamed statement before
-                        // parsing the new one, whether or not that succeeds.
-                        v.confirmed = None;
-                    }
+                let Some(v) = self.statements.get_mut(&name) else {
+                    return;
+                };
+                let version = v.pending.pop_front();
+                if happened {
+                    v.confirmed = version;
+                } else if name.is_empty() {
+                    // The server drops the unnamed statement before parsing
+                    // the new one, whether or not that succeeds.
+                    v.confirmed = None;
                 }
-                self.tidy(&name);
+                if v.confirmed.is_none() && v.pending.is_empty() {
+                    self.statements.remove(&name);
+                }
             }
             PendingOp::CloseStatement(name) | PendingOp::Deallocate(name) if happened => {
                 if let Some(v) = self.statements.get_mut(&name) {
