@@ -122,13 +122,17 @@ impl Admission {
     pub fn admit(self: &Arc<Self>, peer: &str) -> Ticket {
         let address = host_of(peer).to_owned();
         let mut w = self.waiting.lock().unwrap();
+        let evicted_before = w.evicted;
         if w.by_address.get(&address).copied().unwrap_or(0) >= self.per_address {
             w.evict_oldest(Some(&address));
-            tracing::warn!(address = ?address, "unauthenticated connections per address at the cap: the oldest was dropped");
         }
         if w.queue.len() >= self.total {
             w.evict_oldest(None);
-            tracing::warn!("unauthenticated connections at the cap: the oldest was dropped");
+        }
+        // Logged at the 1st, 2nd, 4th, 8th, ... eviction: a flood cannot
+        // flood the log in turn.
+        if w.evicted != evicted_before && w.evicted.is_power_of_two() {
+            tracing::warn!(address = ?address, evicted_total = w.evicted, "unauthenticated connections at a cap: the oldest are being dropped");
         }
         w.next_id += 1;
         let id = w.next_id;

@@ -42,7 +42,8 @@ pub async fn serve(
     let user = startup.user().to_string();
     let address = crate::admission::host_of(&info.client_addr).to_owned();
     if let Some(left) = guard.console_throttle.locked(&address) {
-        tracing::warn!(user = ?user, addr = ?info.client_addr, "admin console: login refused, too many failed attempts from this address");
+        // Not logged per attempt (the lockout's start is): a locked-out
+        // flood cannot flood the log.
         fatal(
             &mut client,
             "28000",
@@ -72,6 +73,9 @@ pub async fn serve(
         if answered == Some(false) {
             let failures = guard.console_throttle.failed(&address);
             tracing::warn!(user = ?user, addr = ?info.client_addr, failures, "admin console: authentication failed");
+            if failures == throttle::MAX_FAILURES {
+                tracing::warn!(addr = ?address, "admin console: too many failed logins, this address is locked out for a minute");
+            }
             tokio::time::sleep(throttle::FAILURE_DELAY).await;
         }
         fatal(
