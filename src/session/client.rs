@@ -211,8 +211,7 @@ impl ClientSide {
                 };
                 match frame.tag() {
                     b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
-                    b'E' => self.syncs_since_execute = 0,
-                    b'Q' => self.syncs_since_execute = 0,
+                    b'E' | b'Q' => self.syncs_since_execute = 0,
                     b'S' => {
                         self.unsynced = false;
                         self.syncs_since_execute += 1;
