@@ -755,3 +755,29 @@ fn terminate(pid: i32) {
         .args(["-TERM", &pid.to_string()])
         .status();
 }
+
+#[tokio::test]
+async fn a_copy_through_the_extended_protocol_keeps_its_batch_open() {
+    // The Sync right behind the COPY's Execute is ignored by the server in
+    // copy-in mode: after CopyDone the batch goes on, and what the COPY ran
+    // (triggers included) may have changed a setting not yet reported.
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let mut s = raw_session(&g, &db).await;
+    let mut out = parse("", b"COPY commission_rules (logic_json) FROM STDIN");
+    out.extend(bind("", &[]));
+    out.extend(execute());
+    out.extend(sync());
+    s.write_all(&out).await.unwrap();
+    let mut out = msg(b'd', b"{\"copied\": 1}\n");
+    out.extend(msg(b'c', b""));
+    out.extend(query(b"SELECT 'a\\'"));
+    out.extend(sync());
+    s.write_all(&out).await.unwrap();
+    let errs = errors(&read_ready(&mut s, 2).await);
+    assert!(
+        errs.iter()
+            .any(|e| e.1 == "42501" && e.2.contains("follows an Execute")),
+        "{errs:?}"
+    );
+}

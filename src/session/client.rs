@@ -218,6 +218,12 @@ impl ClientSide {
                     }
                     b'c' | b'f' => {
                         let ignored = std::mem::take(&mut self.syncs_since_execute);
+                        if ignored > 0 {
+                            // The batch that ran the COPY goes on: its Sync
+                            // is still to come (R2: no waiting inside it).
+                            self.unsynced = true;
+                            self.executed_in_batch = true;
+                        }
                         self.state.lock().unwrap().forget_ready(ignored);
                     }
                     _ => {}
