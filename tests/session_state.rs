@@ -781,3 +781,50 @@ async fn a_copy_through_the_extended_protocol_keeps_its_batch_open() {
         "{errs:?}"
     );
 }
+
+/// Found by psycopg's own suite through the guard (client-side binding in
+/// pipeline mode, the encoding setter): valid statements that must pass.
+#[tokio::test]
+async fn what_psycopg_pipelines_passes() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let mut s = raw_session(&g, &db).await;
+    // A bytea literal (a backslash in a '...' string that no reading of
+    // standard_conforming_strings ends elsewhere), after an Execute.
+    let then = b"SELECT '\\x8e12'::bytea, E'a\\'b', 'C:\\\\dir\\\\'";
+    s.write_all(&one_batch(b"SELECT 1", &[], then))
+        .await
+        .unwrap();
+    let reply = read_ready(&mut s, 1).await;
+    assert!(errors(&reply).is_empty(), "{:?}", errors(&reply));
+    // set_config of client_encoding with a parameter: allowed; a value the
+    // guard reads under keeps the session, another ends it (R3).
+    let mut out = parse("", b"SELECT set_config('client_encoding', $1, false)");
+    out.extend(bind("", &["utf8"]));
+    out.extend(execute());
+    out.extend(sync());
+    s.write_all(&out).await.unwrap();
+    let reply = read_ready(&mut s, 1).await;
+    assert!(errors(&reply).is_empty(), "{:?}", errors(&reply));
+    // A rejected Parse fails its batch: the Bind behind it is not judged
+    // again (one error, one audit record).
+    let before = g.audit().len();
+    let mut out = parse("", b"DELETE FROM users");
+    out.extend(bind("", &[]));
+    out.extend(execute());
+    out.extend(sync());
+    s.write_all(&out).await.unwrap();
+    let errs = errors(&read_ready(&mut s, 1).await);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(g.audit().len(), before + 1);
+    let mut out = parse("", b"SELECT set_config('client_encoding', $1, false)");
+    out.extend(bind("", &["latin1"]));
+    out.extend(execute());
+    out.extend(sync());
+    s.write_all(&out).await.unwrap();
+    let errs = errors(&read_to_end(&mut s).await);
+    assert!(
+        errs.iter().any(|e| e.0 == "FATAL" && e.1 == "0A000"),
+        "{errs:?}"
+    );
+}

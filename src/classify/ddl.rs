@@ -181,23 +181,24 @@ impl Walker {
 
     /// Fails closed on `name = value` if it would leave a state the guard
     /// reads exactly (`reading`, R3). `value` is `None` when not a literal;
-    /// DEFAULT and LOCAL go back to the session's start, which the server
-    /// reported (and the guard accepted) then.
+    /// DEFAULT goes back to the session's start, which the server reported
+    /// (and the guard accepted) then.
     pub(crate) fn check_setting(&mut self, name: &str, value: Option<&str>) {
         let name = name.trim().to_ascii_lowercase();
-        let readable = match name.as_str() {
-            "standard_conforming_strings" => {
-                value.is_some_and(|v| super::reading::is_on(v) || v.eq_ignore_ascii_case("default"))
-            }
-            "client_encoding" => value.is_some_and(|v| {
-                super::reading::encoding_readable(v) || v.eq_ignore_ascii_case("default")
-            }),
-            _ => return,
-        };
+        // A value the guard cannot see (a parameter, an expression) is
+        // allowed: what it sets is reported by the server before anything
+        // read under it is judged (`reading`, R2 and R3).
+        let Some(v) = value else { return };
+        let readable = v.eq_ignore_ascii_case("default")
+            || match name.as_str() {
+                "standard_conforming_strings" => super::reading::is_on(v),
+                "client_encoding" => super::reading::encoding_readable(v),
+                _ => return,
+            };
         if !readable {
             let special = Special::UnreadableSetting {
                 setting: name,
-                value: value.unwrap_or("(an expression)").to_owned(),
+                value: v.to_owned(),
             };
             if !self.specials.contains(&special) {
                 self.specials.push(special);

@@ -115,25 +115,33 @@ pub fn depends_on_settings(text: &[u8]) -> bool {
 /// setting and will not say so before the batch's Sync): why `text` could be
 /// read differently under another state, if it could.
 ///
-/// Without a backslash, another client encoding can only fold an ASCII byte
+/// Another client encoding can only fold an ASCII byte
 /// that follows a non-ASCII one into a non-ASCII character: no quote, comment
 /// or statement boundary moves (none of `'` `"` `$` `-` `/` `*` `(` `,` is
-/// ever a second byte), and every name the server then sees with a non-ASCII
-/// character is one the guard also sees with one. That matters only if the
-/// policy names tables with non-ASCII characters (`ascii_names` false).
+/// ever a second byte) unless that byte is a backslash, and every name the
+/// server then sees with a non-ASCII character is one the guard also sees
+/// with one. That matters only if the policy names tables with non-ASCII
+/// characters (`ascii_names` false). With standard_conforming_strings off a
+/// `'...'` string ends elsewhere only at an odd run of backslashes before a
+/// quote.
 pub fn ambiguous_mid_batch(text: &[u8], ascii_names: bool) -> Option<&'static str> {
-    let backslash = text.contains(&b'\\');
-    if !text.is_ascii() && (backslash || !ascii_names) {
+    if !text.is_ascii() && !ascii_names {
         return Some("it has non-ASCII characters");
     }
-    if !backslash {
+    // A backslash can be a character's second byte only right after a lead
+    // byte (always >= 0x81); in UTF-8 text such a byte ends a non-ASCII
+    // character.
+    if text.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\') {
+        return Some("it has a backslash right after a non-ASCII character");
+    }
+    if !text.contains(&b'\\') {
         return None;
     }
     match scan(text) {
         Lexed::Complete {
-            backslash_in_standard_string: false,
+            off_reading_differs: false,
         } => None,
-        _ => Some("it has a backslash inside a '...' string"),
+        _ => Some("it has a backslash before a quote inside a '...' string"),
     }
 }
 
@@ -141,7 +149,10 @@ pub fn ambiguous_mid_batch(text: &[u8], ascii_names: bool) -> Option<&'static st
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lexed {
     /// Every string, quoted identifier, dollar quote and block comment ends.
-    Complete { backslash_in_standard_string: bool },
+    /// `off_reading_differs`: read with standard_conforming_strings off, a
+    /// `'...'` string would end elsewhere (an odd run of backslashes before
+    /// a quote in it).
+    Complete { off_reading_differs: bool },
     /// The text ends inside one: PostgreSQL's lexer raises a syntax error
     /// (42601) and nothing of the message runs.
     Unterminated,
@@ -257,7 +268,7 @@ pub fn scan(s: &[u8]) -> Lexed {
         }
     }
     Lexed::Complete {
-        backslash_in_standard_string: backslash,
+        off_reading_differs: backslash,
     }
 }
 
@@ -270,8 +281,14 @@ fn quoted(s: &[u8], mut i: usize, escape: bool, backslash: &mut bool) -> Option<
         match *s.get(i)? {
             b'\\' if escape => i += 2,
             b'\\' => {
-                *backslash = true;
-                i += 1;
+                // Read with standard_conforming_strings off, a run of
+                // backslashes escapes pairwise; only an odd run before a
+                // quote moves where the string ends.
+                let run = s[i..].iter().take_while(|&&b| b == b'\\').count();
+                if run % 2 == 1 && s.get(i + run) == Some(&b'\'') {
+                    *backslash = true;
+                }
+                i += run;
             }
             b'\'' if s.get(i + 1) == Some(&b'\'') => i += 2,
             b'\'' => match continuation(s, i + 1) {
@@ -335,7 +352,7 @@ mod tests {
 
     fn complete(bs: bool) -> Lexed {
         Lexed::Complete {
-            backslash_in_standard_string: bs,
+            off_reading_differs: bs,
         }
     }
 
@@ -358,7 +375,8 @@ mod tests {
             ("SELECT $a$ x", Lexed::Unterminated),
             ("SELECT a$b$c, $1, 1", complete(false)),
             ("SELECT 1e'x'", Lexed::Unsure),
-            ("SELECT U&'\\0041' UESCAPE '!'", complete(true)),
+            ("SELECT U&'\\0041' UESCAPE '!'", complete(false)),
+            ("SELECT '\\x8e12'::bytea, 'a\\\\'", complete(false)),
             ("SELECT abce'\\'", complete(true)),
             ("SELECT 1 -- 'never closed", complete(false)),
         ] {
@@ -375,7 +393,12 @@ mod tests {
         assert!(ambiguous_mid_batch(b"SELECT 'a\\'", true).is_some());
         assert_eq!(ambiguous_mid_batch("SELECT 'é'".as_bytes(), true), None);
         assert!(ambiguous_mid_batch("SELECT 'é'".as_bytes(), false).is_some());
-        assert!(ambiguous_mid_batch("SELECT 'é', E'\\n'".as_bytes(), true).is_some());
+        assert_eq!(
+            ambiguous_mid_batch("SELECT 'é', E'\\n'".as_bytes(), true),
+            None
+        );
+        assert!(ambiguous_mid_batch("SELECT 'é\\'".as_bytes(), true).is_some());
+        assert_eq!(ambiguous_mid_batch(b"SELECT '\\x8e12'::bytea", true), None);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub(crate) struct ClientSide {
     /// so before the batch ends (R2: no waiting, so ambiguous texts are
     /// rejected until then).
     executed_in_batch: bool,
+    /// A Parse or Bind of the current batch was replaced by a rejection: the
+    /// server skips everything up to the Sync, so a Bind there is not judged
+    /// (no second rejection, no audit record for what never runs).
+    rejected_in_batch: bool,
     /// Syncs sent since the last Execute or Query. If that started a COPY
     /// FROM STDIN, the server ignores them (they arrive in copy-in mode),
     /// which the client's CopyDone or CopyFail reveals.
@@ -97,6 +101,7 @@ impl ClientSide {
             switches_applied: 0,
             unsynced: false,
             executed_in_batch: false,
+            rejected_in_batch: false,
             syncs_since_execute: 0,
             authenticated: false,
             ready,
@@ -251,7 +256,11 @@ impl ClientSide {
                         self.unsynced = true;
                         self.executed_in_batch = true;
                     }
-                    b'S' | b'Q' => self.executed_in_batch = false,
+                    b'S' => {
+                        self.executed_in_batch = false;
+                        self.rejected_in_batch = false;
+                    }
+                    b'Q' => self.executed_in_batch = false,
                     b'X' => {
                         let _ = uw.write_all(&out).await;
                         let _ = uw.shutdown().await;
@@ -310,12 +319,17 @@ impl ClientSide {
                         // replacement, so the name keeps what it had.
                         let sql = protocol::sql_text(msg.query);
                         let replacement = self.reject(*denial, "extended", &sql).await;
+                        self.rejected_in_batch = true;
                         Ok(Some(protocol::parse_message_bytes(msg.name, &replacement)))
                     }
                 }
             }
             b'B' => {
                 let (portal, name) = protocol::bind_names(frame.body())?;
+                if self.rejected_in_batch {
+                    // Skipped by the server (it is failing to the Sync).
+                    return Ok(None);
+                }
                 match self.judge_bind(portal, name) {
                     Ok(()) => Ok(None),
                     Err(rejected) => {
@@ -327,6 +341,7 @@ impl ClientSide {
                             .unwrap()
                             .rejections
                             .register_marker(denial);
+                        self.rejected_in_batch = true;
                         Ok(Some(protocol::bind_message(&marker)))
                     }
                 }
