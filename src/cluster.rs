@@ -177,7 +177,7 @@ impl Cluster {
             return Err(e);
         }
         cluster.watchdog = cluster.spawn_watchdog().ok();
-        cluster.psql("postgres", "CREATE ROLE scram_user LOGIN SUPERUSER; CREATE ROLE md5_user LOGIN SUPERUSER; SET password_encryption = 'scram-sha-256'; ALTER ROLE scram_user PASSWORD 'secret'; SET password_encryption = 'md5'; ALTER ROLE md5_user PASSWORD 'secret'; CREATE ROLE app LOGIN SUPERUSER; CREATE ROLE legacy_app LOGIN SUPERUSER;")?;
+        cluster.psql("postgres", "CREATE ROLE scram_user LOGIN SUPERUSER; CREATE ROLE md5_user LOGIN SUPERUSER; SET password_encryption = 'scram-sha-256'; ALTER ROLE scram_user PASSWORD 'secret'; SET password_encryption = 'md5'; ALTER ROLE md5_user PASSWORD 'secret'; CREATE ROLE app LOGIN SUPERUSER; CREATE ROLE legacy_app LOGIN SUPERUSER; CREATE ROLE zoneguard_catalog LOGIN;")?;
         Ok(cluster)
     }
 

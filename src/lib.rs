@@ -4,13 +4,14 @@
 //! The data's trip, one module per stage: [`server`] accepts ([`admission`]
 //! decides what a connection may hold before it authenticates), [`session`]
 //! relays one client, [`protocol`] frames messages, [`classify`] turns SQL
-//! into facts, [`policy`] turns facts into a verdict, [`reject`] makes the
+//! into facts, [`catalog`] says what the names denote, [`policy`] turns facts into a verdict, [`reject`] makes the
 //! server fail a rejected statement as PostgreSQL would, [`audit`] records it.
 pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod backfill;
 pub mod cache;
+pub mod catalog;
 pub mod checkout;
 pub mod classify;
 pub mod cluster;

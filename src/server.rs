@@ -47,6 +47,8 @@ pub struct Guard {
     pub admission: Arc<crate::admission::Admission>,
     /// Failed admin console logins per client address.
     pub console_throttle: crate::admin::Throttle,
+    /// What the names denote, per database fronted.
+    pub catalogs: crate::catalog::CatalogStore,
 }
 
 impl Guard {
@@ -60,7 +62,13 @@ impl Guard {
         let audit =
             AuditLog::open(&settings.audit.file, settings.audit.max_statement_chars).await?;
         let switches = policy.default_switches();
+        let catalogs = crate::catalog::CatalogStore::new(
+            settings.catalog.clone(),
+            upstream.clone(),
+            std::time::Duration::from_secs(settings.proxy.connect_timeout_secs),
+        );
         Ok(Arc::new(Guard {
+            catalogs,
             runtime: ArcSwap::from_pointee(Runtime {
                 policy,
                 switches,

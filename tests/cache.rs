@@ -157,3 +157,30 @@ fn literals_that_matter_are_not_merged() {
     let b = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2;");
     assert!(std::sync::Arc::ptr_eq(&a, &b));
 }
+
+/// A literal that names a relation (nextval's, setval's) is not a value the
+/// classifier ignores: statements that differ only in it never share an
+/// entry.
+#[test]
+fn relation_naming_literals_are_not_normalised() {
+    let cache = ClassifyCache::default();
+    for (a, b) in [
+        (
+            "INSERT INTO entitlements (id) VALUES (nextval('entitlements_id_seq'))",
+            "INSERT INTO entitlements (id) VALUES (nextval('users_id_seq'))",
+        ),
+        (
+            "SELECT * FROM entitlements WHERE id = nextval('entitlements_id_seq')",
+            "SELECT * FROM entitlements WHERE id = nextval('users_id_seq')",
+        ),
+        (
+            "UPDATE entitlements SET id = setval('entitlements_id_seq', 1) WHERE id IN (1, 2)",
+            "UPDATE entitlements SET id = setval('users_id_seq', 1) WHERE id IN (1, 2)",
+        ),
+    ] {
+        let first = cache.classify(a);
+        assert_eq!(*first, classify(a));
+        let second = cache.classify(b);
+        assert_eq!(*second, classify(b), "{b} got {a}'s classification");
+    }
+}

@@ -683,12 +683,46 @@ fn create_table() {
     expect(r#"CREATE TABLE "T" (a int)"#, &[("ddl", "T")]);
     expect(
         "CREATE TABLE t (a int REFERENCES users(id))",
-        &[("ddl", "t")],
+        &[("ddl", "t"), ("reference", "users")],
     );
     expect(
         "CREATE TABLE t (a int, FOREIGN KEY (a) REFERENCES legacy.users(id))",
-        &[("ddl", "t")],
+        &[("ddl", "t"), ("reference", "legacy.users")],
     );
+    expect(
+        r#"ALTER TABLE "entitlements" ADD CONSTRAINT "e_fk" FOREIGN KEY ("user_id") REFERENCES "users" ("id") DEFERRABLE INITIALLY DEFERRED"#,
+        &[("ddl", "entitlements"), ("reference", "users")],
+    );
+    expect(
+        "ALTER TABLE entitlements ADD COLUMN trx bigint REFERENCES transactions",
+        &[("ddl", "entitlements"), ("reference", "transactions")],
+    );
+    expect(
+        "CREATE SEQUENCE s OWNED BY users.id",
+        &[("ddl", "s"), ("ddl", "users")],
+    );
+    expect(
+        "ALTER SEQUENCE s OWNED BY public.users.id",
+        &[("ddl", "s"), ("ddl", "public.users")],
+    );
+    expect("ALTER SEQUENCE s OWNED BY NONE", &[("ddl", "s")]);
+    expect_op(
+        "DROP INDEX CONCURRENTLY IF EXISTS ix_a",
+        &[("ddl", "ix_a")],
+        "DROP INDEX",
+    );
+    expect(
+        "DROP STATISTICS s1, public.s2",
+        &[("ddl", "s1"), ("ddl", "public.s2")],
+    );
+    expect(
+        "CREATE STATISTICS IF NOT EXISTS s1 (ndistinct) ON a, b FROM users",
+        &[("ddl", "users")],
+    );
+    expect("ALTER STATISTICS s1 RENAME TO s2", &[("ddl", "s1")]);
+    expect_unparsed("ALTER STATISTICS s1 DELETE users", true);
+    expect("SELECT COLLATION FOR ('a')", &[]);
+    expect("SELECT id FROM users FOR READ ONLY", &[("read", "users")]);
     expect(
         "CREATE TABLE t AS SELECT * FROM users",
         &[("ddl", "t"), ("read", "users")],
@@ -1143,9 +1177,37 @@ fn functions_that_write_out_of_sight() {
         "SELECT id FROM users WHERE setval('public.\"Seq\"', 1) > 0",
         &[("read", "users"), ("update", "public.Seq")],
     );
-    expect_unparsed(
+    // A sequence named through its table is the table's.
+    expect(
         "SELECT setval(pg_get_serial_sequence('users', 'id'), 1)",
-        true,
+        &[("update", "users")],
+    );
+    expect(
+        r#"SELECT setval(pg_get_serial_sequence('"commission_rules"','id'), coalesce(max("id"), 1), max("id") IS NOT null) FROM "commission_rules""#,
+        &[("update", "commission_rules"), ("read", "commission_rules")],
+    );
+    expect(
+        "SELECT setval('commission_rules_id_seq'::regclass, 5)",
+        &[("update", "commission_rules_id_seq")],
+    );
+    expect(
+        "SELECT nextval(' Public . \"Seq\" ')",
+        &[("insert", "public.Seq")],
+    );
+    expect(
+        "INSERT INTO entitlements (id) VALUES (nextval('users_id_seq'))",
+        &[("insert", "entitlements"), ("insert", "users_id_seq")],
+    );
+    expect(
+        "SELECT * FROM entitlements WHERE id = (SELECT nextval(regclass 'users_id_seq'))",
+        &[("read", "entitlements"), ("insert", "users_id_seq")],
+    );
+    expect("SELECT currval('users_id_seq')", &[]);
+    expect_unparsed("SELECT nextval($1)", true);
+    expect_unparsed("SELECT setval(16384::regclass, 1)", true);
+    expect(
+        "SELECT brin_summarize_new_values('users_brin')",
+        &[("ddl", "users_brin")],
     );
     expect_special(
         "SELECT dblink_exec('dbname=x', 'DELETE FROM users')",

@@ -99,7 +99,7 @@ async fn the_console_needs_an_admin_password() {
     let policy = rows(&c.simple_query("SHOW POLICY").await.unwrap());
     assert!(policy
         .iter()
-        .any(|r| r[0] == "legacy-read-only" && r[4] == "read"));
+        .any(|r| r[0] == "legacy-read-only" && r[4] == "read,reference"));
     let clients = rows(&c.simple_query("SHOW CLIENTS").await.unwrap());
     assert!(clients.is_empty(), "the console is not a relayed client");
     let err = c.simple_query("DROP TABLE users").await.err().unwrap();

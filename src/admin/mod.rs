@@ -24,7 +24,7 @@ use crate::server::Guard;
 /// The virtual database name that opens the console.
 pub const DATABASE: &str = "zoneguard";
 
-const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; RELOAD";
+const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; SHOW CATALOGS; RELOAD; RELOAD CATALOG";
 
 async fn fatal(client: &mut Stream, code: &str, msg: &str) {
     let _ = client
@@ -252,6 +252,11 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
                         z.tables
                             .iter()
                             .map(|t| t.to_string())
+                            .chain(z.patterns.iter().map(|p| match &p.schema {
+                                Some(s) => format!("{s}.{} (pattern)", p.name),
+                                None => format!("{} (pattern)", p.name),
+                            }))
+                            .chain(z.schemas.iter().map(|s| format!("schema {s}")))
                             .collect::<Vec<_>>()
                             .join(", "),
                         z.description.clone().unwrap_or_default(),
@@ -311,6 +316,39 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
                 rows.push(vec![format!("rejected[{rule}]"), n.to_string()]);
             }
             Ok(table(&["metric", "value"], &rows, "SHOW"))
+        }
+        ["show", "catalogs"] => {
+            let rows: Vec<Vec<String>> = guard
+                .catalogs
+                .all()
+                .iter()
+                .map(|db| {
+                    let cur = db.current();
+                    vec![
+                        db.database.clone(),
+                        cur.as_ref().map_or("-".into(), |c| c.version.to_string()),
+                        cur.as_ref().map_or("-".into(), |c| c.len().to_string()),
+                        cur.as_ref()
+                            .map_or("-".into(), |c| c.loaded_in.as_millis().to_string()),
+                        db.last_error.lock().unwrap().clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &["database", "version", "objects", "load_ms", "last_error"],
+                &rows,
+                "SHOW",
+            ))
+        }
+        ["reload", "catalog"] | ["reload", "catalogs"] => {
+            let dbs = guard.catalogs.all();
+            let timeout =
+                std::time::Duration::from_secs(guard.settings.proxy.connect_timeout_secs.max(1));
+            for db in &dbs {
+                let ticket = db.request_reload();
+                db.wait_for(ticket, timeout).await;
+            }
+            Ok(protocol::command_complete("RELOAD"))
         }
         ["reload"] => {
             control::reload(guard, "console", &format!("console:{admin}"))

@@ -3,8 +3,9 @@
 //! that are not relations.
 
 use sqlparser::ast::{
-    AlterTableOperation, CommentObject, CreateTable, CreateTableLikeKind, CreateView, Expr,
-    GrantObjects, ObjectName, ObjectType, RenameTableNameKind, Set, Statement, Value,
+    AlterTableOperation, ColumnDef, ColumnOption, CommentObject, CreateTable, CreateTableLikeKind,
+    CreateView, Expr, ForeignKeyConstraint, GrantObjects, ObjectName, ObjectType,
+    RenameTableNameKind, SequenceOptions, Set, Statement, TableConstraint, Value,
 };
 
 use super::walk::{name_parts, relation_from_parts, Walker};
@@ -56,7 +57,52 @@ impl Walker {
         );
         self.nested(&ct.columns);
         self.nested(&ct.constraints);
+        self.column_references(&ct.columns);
+        for c in &ct.constraints {
+            self.constraint_references(c);
+        }
         op.to_owned()
+    }
+
+    /// A foreign key is a `reference` to the table it names (see
+    /// [`Op::Reference`]); the table that holds it is changed by the DDL
+    /// that adds it.
+    fn foreign_key(&mut self, fk: &ForeignKeyConstraint) {
+        self.target(Op::Reference, &fk.foreign_table, "REFERENCES");
+    }
+
+    pub(crate) fn column_references(&mut self, columns: &[ColumnDef]) {
+        for col in columns {
+            for opt in &col.options {
+                if let ColumnOption::ForeignKey(fk) = &opt.option {
+                    self.foreign_key(fk);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn constraint_references(&mut self, c: &TableConstraint) {
+        if let TableConstraint::ForeignKey(fk) = c {
+            self.foreign_key(fk);
+        }
+    }
+
+    /// `OWNED BY table.column` makes the sequence part of that table (its
+    /// zone's), so it is DDL on the table.
+    pub(crate) fn sequence_owner(&mut self, options: &[SequenceOptions], operation: &str) {
+        for o in options {
+            if let SequenceOptions::OwnedBy(Some(col)) = o {
+                let parts = name_parts(col).unwrap_or_default();
+                match parts
+                    .len()
+                    .checked_sub(1)
+                    .and_then(|n| relation_from_parts(&parts[..n]))
+                {
+                    Some(rel) if parts.len() <= 4 => self.add(Op::Ddl, rel, operation),
+                    _ => self.unparsed("OWNED BY target not understood"),
+                }
+            }
+        }
     }
 
     pub(crate) fn create_view(&mut self, cv: &CreateView) -> String {
@@ -136,6 +182,14 @@ impl Walker {
                     }
                     _ => self.unparsed("ALTER TABLE RENAME target not understood"),
                 }
+            }
+            AlterTableOperation::AddConstraint { constraint, .. } => {
+                self.nested(constraint);
+                self.constraint_references(constraint);
+            }
+            AlterTableOperation::AddColumn { column_def, .. } => {
+                self.nested(column_def);
+                self.column_references(std::slice::from_ref(column_def));
             }
             other => self.nested(other),
         }

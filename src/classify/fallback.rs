@@ -250,9 +250,75 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
                 Some(rel) => ddl(&mut info, rel, &op),
                 None => unparsed(&mut info, true, error.to_owned()),
             }
-            // Anything else it touches (OWNED BY, ATTACH PARTITION) is unknown.
-            if toks[i..].iter().any(|t| matches!(t, Token::Period)) || kw(i) == "ATTACH" {
+            // OWNED BY table.column makes the sequence part of that table.
+            let mut rest: Vec<&Token> = Vec::new();
+            let mut j = i;
+            while j < toks.len() {
+                if kw(j) == "OWNED" && kw(j + 1) == "BY" {
+                    j += 2;
+                    if kw(j) == "NONE" {
+                        j += 1;
+                        continue;
+                    }
+                    let mut k = j;
+                    let column = dotted(&toks, &mut k);
+                    match column.len().checked_sub(1).and_then(|n| {
+                        (column.len() <= 4)
+                            .then(|| relation_from_parts(&column[..n]))
+                            .flatten()
+                    }) {
+                        Some(rel) => ddl(&mut info, rel, &format!("{op} OWNED BY")),
+                        None => unparsed(&mut info, true, "OWNED BY target not understood".into()),
+                    }
+                    j = k.max(j + 1);
+                    continue;
+                }
+                rest.push(toks[j]);
+                j += 1;
+            }
+            // Anything else it touches (ATTACH PARTITION, ...) is unknown.
+            let attach = rest
+                .iter()
+                .any(|t| word(t).is_some_and(|w| !w.quoted && w.upper == "ATTACH"));
+            if rest.iter().any(|t| matches!(t, Token::Period)) || attach {
                 unparsed(&mut info, true, format!("{op} clauses not understood"));
+            }
+        }
+        // Extended statistics live in a namespace of their own; the catalog
+        // (if any) resolves a name to the table they belong to.
+        "CREATE" | "ALTER" | "DROP" if kw(1) == "STATISTICS" => {
+            let op = format!("{first} STATISTICS");
+            info.command = op.clone();
+            let mut i = 2;
+            if kw(i) == "IF" && matches!(kw(i + 1).as_str(), "EXISTS" | "NOT") {
+                i += if kw(i + 1) == "NOT" { 3 } else { 2 };
+            }
+            if first == "CREATE" {
+                // CREATE STATISTICS [name] [(kinds)] ON exprs FROM table
+                let from = (i..toks.len()).find(|&k| kw(k) == "FROM");
+                let mut k = from.map_or(toks.len(), |f| f + 1);
+                match qualified_name(&toks, &mut k) {
+                    Some(rel) if k == toks.len() => ddl(&mut info, rel, &op),
+                    _ => unparsed(&mut info, true, format!("{op} not understood")),
+                }
+            } else {
+                let names = name_list(&toks, &mut i);
+                for n in names.iter().cloned() {
+                    ddl(&mut info, n, &op);
+                }
+                let tail_ok = first == "DROP"
+                    && toks[i..].iter().all(|t| {
+                        word(t).is_some_and(|w| {
+                            !w.quoted && (w.upper == "CASCADE" || w.upper == "RESTRICT")
+                        })
+                    });
+                let alter_ok = first == "ALTER"
+                    && names.len() == 1
+                    && !toks[i..].iter().any(|t| matches!(t, Token::Period))
+                    && !may_write_beyond(&toks[i..]);
+                if names.is_empty() || !(tail_ok || alter_ok) {
+                    unparsed(&mut info, true, format!("{op} not understood"));
+                }
             }
         }
         _ => {
@@ -261,6 +327,46 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
         }
     }
     info
+}
+
+/// `a.b.c`: the normalised parts of a dotted name (empty if none here).
+fn dotted(toks: &[&Token], i: &mut usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    while let Some(w) = toks.get(*i).and_then(|t| word(t)) {
+        parts.push(norm_ident(w.value, w.quoted));
+        *i += 1;
+        if matches!(toks.get(*i), Some(Token::Period)) {
+            *i += 1;
+        } else {
+            break;
+        }
+    }
+    parts
+}
+
+/// ALTER STATISTICS name { RENAME TO x | SET SCHEMA x | OWNER TO x | SET
+/// STATISTICS n }: anything else is not understood.
+fn may_write_beyond(toks: &[&Token]) -> bool {
+    !toks.iter().all(|t| match word(t) {
+        Some(w) => {
+            w.quoted
+                || matches!(
+                    w.upper.as_str(),
+                    "RENAME"
+                        | "TO"
+                        | "SET"
+                        | "SCHEMA"
+                        | "OWNER"
+                        | "STATISTICS"
+                        | "CURRENT_USER"
+                        | "SESSION_USER"
+                        | "CURRENT_ROLE"
+                        | "DEFAULT"
+                )
+                || !WRITE_WORDS.contains(&w.upper.as_str())
+        }
+        None => matches!(t, Token::Number(..) | Token::Minus),
+    })
 }
 
 /// Skip `(option, ...)` and bare option words.

@@ -31,6 +31,11 @@ pub enum Op {
     /// VACUUM FULL, CLUSTER, REINDEX, REFRESH MATERIALIZED VIEW, views created
     /// over it, SELECT INTO / CREATE TABLE AS targets.
     Ddl,
+    /// A foreign key that references the relation (`REFERENCES t`): it adds
+    /// internal triggers to the referenced table and locks it briefly while
+    /// the constraint is created, but changes none of its rows. PostgreSQL
+    /// has a privilege of its own for it (REFERENCES).
+    Reference,
 }
 
 impl Op {
@@ -43,6 +48,7 @@ impl Op {
             Op::Truncate => "truncate",
             Op::Lock => "lock",
             Op::Ddl => "ddl",
+            Op::Reference => "reference",
         }
     }
 }

@@ -11,7 +11,7 @@ use sqlparser::ast::{
 };
 
 use super::walk::{name_parts, Walker};
-use super::{Op, Special};
+use super::{Op, RelationName, Special};
 
 impl Walker {
     /// Visit an AST fragment that is not walked structurally, reporting the
@@ -24,36 +24,38 @@ impl Walker {
     /// `set_config('standard_conforming_strings', 'off', ...)` would make
     /// the guard misread string literals in later statements.
     ///
-    /// Also functions known to write where no table name in the SQL shows it:
-    /// `setval('seq', ...)` is an update of that sequence (a relation, judged
-    /// by its zone); dblink and large-object writers are treated like CALL.
+    /// Functions that act on a relation named by an argument (text or
+    /// regclass) are judged as that access to the relation: see
+    /// [`relation_function`]. dblink and large-object writers are treated
+    /// like CALL.
     fn check_function(&mut self, e: &Expr) {
         let Expr::Function(f) = e else { return };
         let Some(name) = name_parts(&f.name).and_then(|p| p.last().cloned()) else {
             return;
         };
-        let arg = |n: usize| match &f.args {
-            FunctionArguments::List(l) => match l.args.get(n) {
-                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
-                    match &v.value {
-                        Value::SingleQuotedString(s)
-                        | Value::EscapedStringLiteral(s)
-                        | Value::UnicodeStringLiteral(s) => Some(s.clone()),
-                        Value::DollarQuotedString(d) => Some(d.value.clone()),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            },
-            _ => None,
+        let args: Vec<&Expr> = match &f.args {
+            FunctionArguments::List(l) => l
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         };
-        let literal = arg(0);
+        let literal = |n: usize| args.get(n).and_then(|e| string_literal(e));
+        if let Some((op, operation)) = relation_function(&name) {
+            match args.first().and_then(|e| relation_argument(e)) {
+                Some(rel) => self.add(op, rel, operation),
+                None => self.unparsed(format!(
+                    "{name}() of a relation the guard cannot name: pass its name as a string literal or 'name'::regclass"
+                )),
+            }
+            return;
+        }
         match name.as_str() {
-            "set_config" => self.check_set_config(literal, arg(1)),
-            "setval" => match literal.as_deref().and_then(crate::policy::parse_table_name) {
-                Some(seq) => self.add(Op::Update, seq, "SETVAL"),
-                None => self.unparsed("setval() of a sequence the guard cannot name"),
-            },
+            "set_config" => self.check_set_config(literal(0), literal(1)),
             "dblink" | "dblink_exec" | "dblink_send_query" | "lo_import" | "lo_export"
             | "lo_unlink" | "lo_put" | "lo_truncate" | "lo_truncate64" | "lo_create"
             | "lo_creat" | "lo_from_bytea" | "pg_file_write" | "pg_file_unlink"
@@ -77,6 +79,124 @@ impl Walker {
             self.check_setting(&name, value.as_deref());
         }
     }
+}
+
+/// Functions that change a relation named by their first argument, with the
+/// access they make and the operation's name. Invariant: a function the
+/// guard lets write to a relation is judged on that relation, resolved as
+/// PostgreSQL resolves the argument (`regclass` input: search_path for an
+/// unqualified name), and through the catalog on its owner: a sequence
+/// belongs to the table that owns it, an index to its table.
+///
+/// `nextval` is what inserting a row with a serial or identity key takes,
+/// so it is an insert; `setval` moves the sequence and is an update;
+/// `currval`/`lastval` only read the session's own value.
+fn relation_function(name: &str) -> Option<(Op, &'static str)> {
+    Some(match name {
+        "nextval" => (Op::Insert, "NEXTVAL"),
+        "setval" => (Op::Update, "SETVAL"),
+        "brin_summarize_new_values"
+        | "brin_summarize_range"
+        | "brin_desummarize_range"
+        | "gin_clean_pending_list" => (Op::Ddl, "INDEX MAINTENANCE"),
+        _ => return None,
+    })
+}
+
+/// The relation an argument names: a string literal read as `regclass`
+/// input, the same cast to `regclass` (or text), or
+/// `pg_get_serial_sequence('table', 'column')`, whose sequence belongs to
+/// that table.
+fn relation_argument(e: &Expr) -> Option<RelationName> {
+    match e {
+        Expr::Nested(inner) => relation_argument(inner),
+        Expr::Cast { expr, .. } => relation_argument(expr),
+        Expr::Function(f) => {
+            let name = name_parts(&f.name).and_then(|p| p.last().cloned())?;
+            if name != "pg_get_serial_sequence" {
+                return None;
+            }
+            let FunctionArguments::List(l) = &f.args else {
+                return None;
+            };
+            match l.args.first() {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(t))) => relation_argument(t),
+                _ => None,
+            }
+        }
+        _ => regclass_name(&string_literal(e)?),
+    }
+}
+
+fn string_literal(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::UnicodeStringLiteral(s) => Some(s.clone()),
+            Value::DollarQuotedString(d) => Some(d.value.clone()),
+            _ => None,
+        },
+        Expr::TypedString(t) => match &t.value.value {
+            Value::SingleQuotedString(s) => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A relation name as PostgreSQL's `regclass` input reads it
+/// (`stringToQualifiedNameList`): dot-separated parts with optional
+/// whitespace around them, `"quoted"` parts as written (`""` is a quote),
+/// unquoted parts folded to lower case (ASCII only, as for a UTF-8
+/// database) and cut at 63 bytes; `catalog.schema.name` drops the catalog.
+pub(crate) fn regclass_name(text: &str) -> Option<RelationName> {
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        let mut part = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' || c.is_ascii_whitespace() {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+            if part.is_empty() {
+                return None;
+            }
+        }
+        parts.push(super::walk::norm_ident(&part, quoted));
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+    if parts.len() > 3 {
+        return None;
+    }
+    super::walk::relation_from_parts(&parts)
 }
 
 /// Visits an AST fragment and hands the outermost queries, table factors and

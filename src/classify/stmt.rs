@@ -319,6 +319,7 @@ impl Walker {
             } => {
                 self.target(Op::Ddl, name, "CREATE SEQUENCE");
                 self.nested(sequence_options);
+                self.sequence_owner(sequence_options, "CREATE SEQUENCE OWNED BY");
                 tag("CREATE SEQUENCE")
             }
             Statement::CreateForeignTable(cf) => {

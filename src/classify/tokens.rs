@@ -73,7 +73,11 @@ fn is_word(t: &Token, kw: &str) -> bool {
 /// Rewrite valid PostgreSQL that sqlparser cannot parse into an equivalent
 /// form that touches the same relations the same way:
 /// `FOR NO KEY UPDATE` -> `FOR UPDATE`, `FOR KEY SHARE` -> `FOR SHARE`,
-/// `WHERE CURRENT OF cursor` -> `WHERE true`.
+/// `WHERE CURRENT OF cursor` -> `WHERE true`,
+/// `DROP INDEX CONCURRENTLY` -> `DROP INDEX` (the same index goes, only the
+/// lock differs), `FOR READ ONLY` -> nothing (PostgreSQL's grammar drops it
+/// too), `COLLATION FOR (x)` -> `pg_collation_for(x)` (what the grammar turns
+/// it into).
 pub(crate) fn rewrite(tokens: &mut [TokenWithSpan]) {
     let idx: Vec<usize> = (0..tokens.len())
         .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
@@ -105,6 +109,27 @@ pub(crate) fn rewrite(tokens: &mut [TokenWithSpan]) {
             });
             blank(&mut tokens[idx[k + 2]]);
             blank(&mut tokens[idx[k + 3]]);
+        } else if at(tokens, k, "DROP")
+            && at(tokens, k + 1, "INDEX")
+            && at(tokens, k + 2, "CONCURRENTLY")
+        {
+            blank(&mut tokens[idx[k + 2]]);
+        } else if at(tokens, k, "FOR") && at(tokens, k + 1, "READ") && at(tokens, k + 2, "ONLY") {
+            for j in k..k + 3 {
+                blank(&mut tokens[idx[j]]);
+            }
+        } else if at(tokens, k, "COLLATION")
+            && at(tokens, k + 1, "FOR")
+            && idx
+                .get(k + 2)
+                .is_some_and(|&i| matches!(tokens[i].token, Token::LParen))
+        {
+            tokens[idx[k]].token = Token::Word(Word {
+                value: "pg_collation_for".to_owned(),
+                quote_style: None,
+                keyword: Keyword::NoKeyword,
+            });
+            blank(&mut tokens[idx[k + 1]]);
         }
     }
 }

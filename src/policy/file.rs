@@ -47,6 +47,9 @@ struct PolicyFile {
     #[allow(dead_code)]
     audit: Option<toml::Value>,
     #[serde(default)]
+    #[allow(dead_code)]
+    catalog: Option<toml::Value>,
+    #[serde(default)]
     defaults: DefaultsFile,
     #[serde(default)]
     zones: BTreeMap<Spanned<String>, ZoneFile>,
@@ -84,7 +87,10 @@ struct DefaultsFile {
 struct ZoneFile {
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
     tables: Vec<Spanned<String>>,
+    #[serde(default)]
+    schemas: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +176,9 @@ fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
     if cfg.get_table("audit").is_ok() {
         settings.audit = cfg.get("audit").map_err(err)?;
     }
+    if cfg.get_table("catalog").is_ok() {
+        settings.catalog = cfg.get("catalog").map_err(err)?;
+    }
     if let Err(message) = crate::net::Endpoint::parse(&settings.proxy.upstream) {
         return Err(PolicyError::Settings {
             path: path.display().to_string(),
@@ -227,6 +236,8 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
     let cx = Ctx { text, path };
     let mut zones = Vec::new();
     let mut seen_tables: BTreeMap<RelationName, String> = BTreeMap::new();
+    let mut seen_patterns: Vec<(String, RelationName)> = Vec::new();
+    let mut seen_schemas: BTreeMap<String, String> = BTreeMap::new();
     for (name, zone) in &file.zones {
         if name.get_ref() == UNLISTED_ZONE {
             return Err(cx.err(
@@ -235,7 +246,31 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
             ));
         }
         let mut tables = Vec::new();
+        let mut patterns = Vec::new();
         for t in &zone.tables {
+            if let Some(pat) = parse_table_pattern(t.get_ref()) {
+                for (other_zone, other) in &seen_patterns {
+                    let schemas_meet = pat.schema.is_none()
+                        || other.schema.is_none()
+                        || pat.schema == other.schema;
+                    if other_zone != name.get_ref()
+                        && schemas_meet
+                        && super::globs_overlap(&pat.name, &other.name)
+                    {
+                        return Err(cx.err(
+                            t.span(),
+                            format!(
+                                "pattern {:?} can match the same tables as pattern {:?} of zone {other_zone:?}; patterns of two zones must not overlap (list the table by name in one zone: a name beats a pattern)",
+                                t.get_ref(),
+                                other.name
+                            ),
+                        ));
+                    }
+                }
+                seen_patterns.push((name.get_ref().clone(), pat.clone()));
+                patterns.push(pat);
+                continue;
+            }
             let rel = parse_table_name(t.get_ref())
                 .ok_or_else(|| cx.err(t.span(), format!("not a table name: {:?}", t.get_ref())))?;
             if let Some(other) = seen_tables.insert(rel.clone(), name.get_ref().clone()) {
@@ -248,10 +283,26 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
             }
             tables.push(rel);
         }
+        let mut schemas = Vec::new();
+        for s in &zone.schemas {
+            let schema = match parse_table_name(s.get_ref()) {
+                Some(RelationName { schema: None, name }) => name,
+                _ => return Err(cx.err(s.span(), format!("not a schema name: {:?}", s.get_ref()))),
+            };
+            if let Some(other) = seen_schemas.insert(schema.clone(), name.get_ref().clone()) {
+                return Err(cx.err(
+                    s.span(),
+                    format!("schema {schema:?} is already in zone {other:?}; a schema belongs to one zone"),
+                ));
+            }
+            schemas.push(schema);
+        }
         zones.push(Zone {
             name: name.get_ref().clone(),
             description: zone.description.clone(),
             tables,
+            patterns,
+            schemas,
         });
     }
     let mut switches = BTreeMap::new();
@@ -392,6 +443,32 @@ fn is_plain_identifier(s: &str) -> bool {
 
 /// Parses a table name as a DBA writes it in the policy, with PostgreSQL's
 /// rules: `users`, `public.users`, `"MixedCase"`, `app."Orders"`.
+/// A zone entry with `*` or `?` in its unquoted text is a name pattern:
+/// `django_*`, `app.auth_*`. The schema part, if any, is exact; quoted parts
+/// are not allowed in patterns.
+fn parse_table_pattern(s: &str) -> Option<RelationName> {
+    if !s.contains(['*', '?']) || s.contains('"') {
+        return None;
+    }
+    let plain: String = s
+        .chars()
+        .map(|c| if c == '*' || c == '?' { 'x' } else { c })
+        .collect();
+    let shape = parse_table_name(&plain)?;
+    let lower = s.trim().to_lowercase();
+    let (schema, name) = match shape.schema {
+        Some(_) => {
+            let (a, b) = lower.split_once('.')?;
+            if a.contains(['*', '?']) {
+                return None;
+            }
+            (Some(a.to_owned()), b.to_owned())
+        }
+        None => (None, lower),
+    };
+    Some(RelationName { schema, name })
+}
+
 pub fn parse_table_name(s: &str) -> Option<RelationName> {
     let mut parts = Vec::new();
     let mut chars = s.trim().chars().peekable();

@@ -4,17 +4,21 @@
 use std::collections::BTreeMap;
 
 use super::{Policy, UNLISTED_ZONE};
+use crate::catalog::{self, Catalog, ObjectId};
 use crate::classify::{Op, RelationName, Special, StatementInfo, TableAccess};
 
 /// SQLSTATE of every policy rejection: insufficient_privilege, what
 /// PostgreSQL itself raises for a write without the privilege.
 pub const SQLSTATE_REJECTED: &str = "42501";
 
-/// Who is asking, and how the switches stand.
+/// Who is asking, how the switches stand, and what the names denote.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
     pub role: &'a str,
     pub switches: &'a BTreeMap<String, bool>,
+    /// The database's catalog, when the guard has one: names are then
+    /// judged as the objects they denote (see `crate::catalog`).
+    pub catalog: Option<&'a Catalog>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +70,7 @@ impl Policy {
         depth: usize,
     ) -> Verdict {
         for access in &stmt.accesses {
-            if let Some(denial) = self.judge_access(access, facts) {
+            if let Some(denial) = self.judge_access(access, facts, 0) {
                 return Verdict::Deny(Box::new(denial));
             }
         }
@@ -150,63 +154,166 @@ impl Policy {
         })
     }
 
-    fn judge_access(&self, access: &TableAccess, facts: Facts<'_>) -> Option<Denial> {
-        for zone in self.zones_of(&access.table) {
-            let (allowed, rule_name, reason, hint) = match self.rule_for(zone, &access.table, facts)
-            {
-                Some(rule) => (
-                    rule.allow,
-                    rule.name.as_str(),
-                    rule.reason.clone(),
-                    rule.hint.clone(),
-                ),
-                None => (self.default_allow, "defaults", None, None),
-            };
-            if allowed.contains(access.op) {
-                continue;
+    /// Judges one access: as the objects its name denotes when the catalog
+    /// knows the name, else as the name is written.
+    fn judge_access(&self, access: &TableAccess, facts: Facts<'_>, depth: usize) -> Option<Denial> {
+        let candidates = facts
+            .catalog
+            .map(|c| c.candidates(&access.table))
+            .unwrap_or_default();
+        let (Some(cat), false) = (facts.catalog, candidates.is_empty()) else {
+            let zones = self.zones_of(&access.table);
+            return zones.into_iter().find_map(|zone| {
+                self.judge_in_zone(access, &access.table, None, zone, &access.table, facts)
+            });
+        };
+        for id in candidates {
+            for reached in cat.reach(id, access.op) {
+                let object = cat.object(reached);
+                // A write or lock through a view the policy does not list is
+                // judged on what the view reads (reached next), not on the
+                // view's own `unlisted` zone.
+                let through_view = object.kind == catalog::Kind::View
+                    && matches!(access.op, Op::Insert | Op::Update | Op::Delete | Op::Lock)
+                    && !self.listed(&object.name);
+                let zones = if through_view {
+                    Vec::new()
+                } else {
+                    self.zones_of_object(cat, reached, 0)
+                };
+                for (zone, decided_by) in zones {
+                    let via = (decided_by != reached).then(|| cat.object(decided_by));
+                    let owner = via.map_or(&object.name, |o| &o.name);
+                    let how = via
+                        .map(|o| format!("{} of {} {}", object.kind.noun(), o.kind.noun(), o.name));
+                    // The object named is shown as written; one reached
+                    // through it, by its qualified name.
+                    let shown = if reached == id {
+                        &access.table
+                    } else {
+                        &object.name
+                    };
+                    if let Some(d) = self.judge_in_zone(access, shown, how, zone, owner, facts) {
+                        return Some(d);
+                    }
+                }
+                // A write to a relation with rules also runs their actions.
+                if depth < catalog::MAX_DEPTH {
+                    for (event, actions) in &object.rules {
+                        if *event != access.op {
+                            continue;
+                        }
+                        for a in actions {
+                            if let Some(d) = self.judge_access(a, facts, depth + 1) {
+                                return Some(d);
+                            }
+                        }
+                    }
+                }
             }
-            let words = allowed.words();
-            let reason = reason.unwrap_or_else(|| {
-                let what = if zone == UNLISTED_ZONE {
-                    "tables that no zone names".to_string()
-                } else {
-                    format!("{zone} zone")
-                };
-                match words.as_slice() {
-                    [] => format!("{what} allows nothing for role \"{}\"", facts.role),
-                    ["read"] => format!("{what} is read-only"),
-                    w => format!("{what} allows only {}", w.join(", ")),
-                }
-            });
-            let hint = hint.unwrap_or_else(|| {
-                let allows = if words.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    words.join(", ")
-                };
-                let mut h = format!(
-                    "zoneguard rule \"{rule_name}\" allows {allows} on zone \"{zone}\" for role \"{}\".",
-                    facts.role
-                );
-                if access.op != Op::Read {
-                    h.push_str(" Write to a zone that allows it, or ask a DBA to change policy.toml.");
-                }
-                h
-            });
-            return Some(Denial {
-                operation: access.operation.clone(),
-                table: Some(access.table.to_string()),
-                zone: Some(zone.to_string()),
-                rule: rule_name.to_string(),
-                sqlstate: SQLSTATE_REJECTED,
-                message: format!(
-                    "{} on {} is not allowed: {reason}",
-                    access.operation, access.table
-                ),
-                hint,
-            });
         }
         None
+    }
+
+    /// The zones of a catalog object, each with the object that placed it
+    /// there: its own name or schema if the policy lists it, else its
+    /// owner's zones (index, sequence, statistics object), else its parents'
+    /// (partition, inheritance child), else `unlisted`.
+    fn zones_of_object<'p>(
+        &'p self,
+        cat: &Catalog,
+        id: ObjectId,
+        depth: usize,
+    ) -> Vec<(&'p str, ObjectId)> {
+        let o = cat.object(id);
+        if self.listed(&o.name) || depth >= catalog::MAX_DEPTH {
+            return self
+                .zones_of(&o.name)
+                .into_iter()
+                .map(|z| (z, id))
+                .collect();
+        }
+        if let Some(owner) = o.owner {
+            return self.zones_of_object(cat, owner, depth + 1);
+        }
+        if !o.parents.is_empty() {
+            let mut out: Vec<(&str, ObjectId)> = Vec::new();
+            for &p in &o.parents {
+                for z in self.zones_of_object(cat, p, depth + 1) {
+                    if !out.iter().any(|(x, _)| *x == z.0) {
+                        out.push(z);
+                    }
+                }
+            }
+            return out;
+        }
+        vec![(UNLISTED_ZONE, id)]
+    }
+
+    /// Judges `access` on `object` (shown in messages), which is in `zone`
+    /// because of `owner` (the relation a rule's `tables` must name).
+    fn judge_in_zone(
+        &self,
+        access: &TableAccess,
+        object: &RelationName,
+        how: Option<String>,
+        zone: &str,
+        owner: &RelationName,
+        facts: Facts<'_>,
+    ) -> Option<Denial> {
+        let (allowed, rule_name, reason, hint) = match self.rule_for(zone, owner, facts) {
+            Some(rule) => (
+                rule.allow,
+                rule.name.as_str(),
+                rule.reason.clone(),
+                rule.hint.clone(),
+            ),
+            None => (self.default_allow, "defaults", None, None),
+        };
+        if allowed.contains(access.op) {
+            return None;
+        }
+        let words = allowed.words();
+        let reason = reason.unwrap_or_else(|| {
+            let what = if zone == UNLISTED_ZONE {
+                "tables that no zone names".to_string()
+            } else {
+                format!("{zone} zone")
+            };
+            match words.as_slice() {
+                [] => format!("{what} allows nothing for role \"{}\"", facts.role),
+                ["read"] => format!("{what} is read-only"),
+                w => format!("{what} allows only {}", w.join(", ")),
+            }
+        });
+        let hint = hint.unwrap_or_else(|| {
+            let allows = if words.is_empty() {
+                "nothing".to_string()
+            } else {
+                words.join(", ")
+            };
+            let mut h = format!(
+                "zoneguard rule \"{rule_name}\" allows {allows} on zone \"{zone}\" for role \"{}\".",
+                facts.role
+            );
+            if access.op != Op::Read {
+                h.push_str(" Write to a zone that allows it, or ask a DBA to change policy.toml.");
+            }
+            h
+        });
+        let shown = match &how {
+            Some(how) => format!("{object} ({how})"),
+            None => object.to_string(),
+        };
+        Some(Denial {
+            operation: access.operation.clone(),
+            table: Some(object.to_string()),
+            zone: Some(zone.to_string()),
+            rule: rule_name.to_string(),
+            sqlstate: SQLSTATE_REJECTED,
+            message: format!("{} on {shown} is not allowed: {reason}", access.operation),
+            hint,
+        })
     }
 
     /// Judges a fast-path FunctionCall message (a function called by OID,

@@ -4,6 +4,7 @@
 
 mod file;
 mod judge;
+mod zones;
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ use serde::Deserialize;
 
 pub use file::{load, parse, parse_table_name, PolicyError};
 pub use judge::{Denial, Facts, Lookup, Verdict, SQLSTATE_REJECTED};
+pub use zones::{glob_match, globs_overlap};
 
 use crate::classify::{Op, RelationName};
 
@@ -37,7 +39,13 @@ pub struct Policy {
 pub struct Zone {
     pub name: String,
     pub description: Option<String>,
+    /// Tables listed by name.
     pub tables: Vec<RelationName>,
+    /// Name patterns (`*` any run, `?` one character); the schema part, if
+    /// any, is exact.
+    pub patterns: Vec<RelationName>,
+    /// Every relation in these schemas.
+    pub schemas: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,7 +83,7 @@ pub struct RoleOptions {
 }
 
 /// Every operation, in the order messages list them.
-const ALL_OPS: [Op; 7] = [
+const ALL_OPS: [Op; 8] = [
     Op::Read,
     Op::Insert,
     Op::Update,
@@ -83,6 +91,7 @@ const ALL_OPS: [Op; 7] = [
     Op::Truncate,
     Op::Lock,
     Op::Ddl,
+    Op::Reference,
 ];
 
 /// A set of [`Op`]s.
@@ -115,6 +124,7 @@ impl Allowed {
             "truncate" => &[Op::Truncate],
             "lock" => &[Op::Lock],
             "ddl" => &[Op::Ddl],
+            "reference" => &[Op::Reference],
             "write" => &[Op::Insert, Op::Update, Op::Delete, Op::Truncate],
             "all" => &ALL_OPS,
             _ => return None,
@@ -136,37 +146,18 @@ impl Allowed {
 }
 
 impl Policy {
-    /// The zones a relation may be, as named in a statement. A qualified name
-    /// matches entries with the same schema and unqualified entries; an
-    /// unqualified name (resolved by search_path at run time) matches every
-    /// entry of that name, whatever its schema. No match: [`UNLISTED_ZONE`].
-    pub fn zones_of(&self, rel: &RelationName) -> Vec<&str> {
-        let mut out = Vec::new();
-        for zone in &self.zones {
-            let hit = zone.tables.iter().any(|t| {
-                t.name == rel.name
-                    && match (&t.schema, &rel.schema) {
-                        (Some(a), Some(b)) => a == b,
-                        _ => true,
-                    }
-            });
-            if hit {
-                out.push(zone.name.as_str());
-            }
-        }
-        if out.is_empty() {
-            out.push(UNLISTED_ZONE);
-        }
-        out
-    }
-
     /// Whether every table the zones name is spelled in ASCII (see
     /// `classify::reading::ambiguous_mid_batch`).
     pub fn ascii_names(&self) -> bool {
         self.zones
             .iter()
-            .flat_map(|z| &z.tables)
+            .flat_map(|z| z.tables.iter().chain(&z.patterns))
             .all(|t| t.name.is_ascii() && t.schema.as_deref().is_none_or(str::is_ascii))
+            && self
+                .zones
+                .iter()
+                .flat_map(|z| &z.schemas)
+                .all(|s| s.is_ascii())
     }
 
     pub fn options_for(&self, role: &str) -> RoleOptions {
@@ -192,6 +183,40 @@ impl Policy {
 pub struct Settings {
     pub proxy: ProxySettings,
     pub audit: AuditSettings,
+    pub catalog: CatalogSettings,
+}
+
+/// The guard's own upstream connection that reads the catalog (see
+/// `crate::catalog`). It needs LOGIN and CONNECT only: the catalog tables it
+/// reads are readable by every role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogSettings {
+    /// Off: names are judged as written, never resolved.
+    pub enabled: bool,
+    /// The role the guard reads the catalog as.
+    pub user: String,
+    /// Its password, if the server asks for one (better set through
+    /// ZONEGUARD__CATALOG__PASSWORD than written here).
+    pub password: String,
+    /// Reload every so many seconds (DDL through the guard, and the console's
+    /// RELOAD CATALOG, reload at once).
+    pub refresh_secs: u64,
+    /// Most databases whose catalogs are kept; sessions of others are judged
+    /// by names as written.
+    pub max_databases: usize,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        CatalogSettings {
+            enabled: true,
+            user: "zoneguard_catalog".into(),
+            password: String::new(),
+            refresh_secs: 60,
+            max_databases: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -56,16 +56,33 @@ pub(crate) struct ClientSide {
     /// Notified by the server half on every ReadyForQuery.
     ready: Arc<Notify>,
     /// Classifications (shared with the cache) this session recently saw
-    /// allowed, with the policy generation they were judged under. The
-    /// verdict is a pure function of the classification, the session's role
-    /// and the policy (switches included) of that generation, except for
+    /// allowed, with the epoch (policy generation and catalog version) they
+    /// were judged under. The verdict is a pure function of the
+    /// classification, the session's role, the policy (switches included)
+    /// and the catalog of that epoch, except for
     /// `EXECUTE name`, which depends on the session's prepared statements and
     /// is never remembered here. A hit skips judging, not classifying.
     allowed_memo: [Option<(Arc<Vec<StatementInfo>>, u64)>; MEMO],
+    /// The catalog the session's statements are judged against (refreshed
+    /// before each judgement; see `crate::catalog`).
+    catalog: Option<Arc<crate::catalog::Catalog>>,
+    /// The first catalog load was waited for.
+    catalog_waited: bool,
     memo_next: usize,
     /// Portals bound to a statement that prepares or deallocates (SQL
     /// PREPARE sent through the extended protocol): what their Execute does.
     portal_effects: HashMap<Vec<u8>, Vec<Effect>>,
+}
+
+/// Whether statements change what names denote (DDL on relations, or on
+/// schemas and other objects), so the catalog is reloaded after them.
+fn changes_catalog(statements: &[StatementInfo]) -> bool {
+    statements.iter().any(|s| {
+        s.accesses.iter().any(|a| a.op == crate::classify::Op::Ddl)
+            || s.specials
+                .iter()
+                .any(|sp| matches!(sp, Special::OtherDdl { .. }))
+    })
 }
 
 /// How many allowed classifications a session remembers.
@@ -106,6 +123,8 @@ impl ClientSide {
             authenticated: false,
             ready,
             allowed_memo: Default::default(),
+            catalog: None,
+            catalog_waited: false,
             memo_next: 0,
             portal_effects: HashMap::new(),
         }
@@ -278,12 +297,44 @@ impl ClientSide {
         }
     }
 
+    /// What a prepared statement's verdict depends on besides its text: the
+    /// policy generation and the catalog version it was judged under.
+    fn epoch(&self, runtime: &Runtime) -> u64 {
+        let version = self.catalog.as_ref().map_or(0, |c| c.version);
+        (runtime.generation << 24) | (version & 0xff_ffff)
+    }
+
+    /// Brings the session's view of the catalog up to date before a
+    /// judgement: the first load of the database's catalog, and the reload
+    /// after this session's own DDL, are waited for (at most the connect
+    /// timeout); later reloads are picked up as they land.
+    async fn refresh_catalog(&mut self) {
+        let (db, ticket) = {
+            let mut st = self.state.lock().unwrap();
+            (st.catalog.clone(), st.catalog_ticket.take())
+        };
+        let Some(db) = db else { return };
+        let timeout =
+            std::time::Duration::from_secs(self.guard.settings.proxy.connect_timeout_secs.max(1));
+        if !self.catalog_waited {
+            self.catalog_waited = true;
+            db.wait_first(timeout).await;
+        }
+        if let Some(t) = ticket {
+            db.wait_for(t, timeout).await;
+        }
+        self.catalog = db.current();
+    }
+
     /// Returns the bytes to send instead of `frame`, if it is rejected, and
     /// records in the session state what the server is asked to do.
     async fn judge_frame(
         &mut self,
         frame: &protocol::Frame,
     ) -> Result<Option<Bytes>, ProtocolError> {
+        if matches!(frame.tag(), b'Q' | b'P' | b'B') {
+            self.refresh_catalog().await;
+        }
         match frame.tag() {
             b'Q' => {
                 let text = protocol::query_text(frame.body())?;
@@ -418,7 +469,7 @@ impl ClientSide {
         let runtime = self.guard.runtime.load();
         let candidates = {
             let st = self.state.lock().unwrap();
-            if st.settled_for(name, runtime.generation) {
+            if st.settled_for(name, self.epoch(&runtime)) {
                 if !self.portal_effects.is_empty() {
                     self.portal_effects.remove(portal);
                 }
@@ -431,11 +482,11 @@ impl ClientSide {
             return Err(Box::new((unknown_statement(&shown), String::new())));
         }
         for c in &candidates {
-            if c.judged.load(Ordering::Relaxed) == runtime.generation {
+            if c.judged.load(Ordering::Relaxed) == self.epoch(&runtime) {
                 continue;
             }
             match self.judge_statements(&c.statements, &runtime) {
-                Ok(_) => c.judged.store(runtime.generation, Ordering::Relaxed),
+                Ok(_) => c.judged.store(self.epoch(&runtime), Ordering::Relaxed),
                 Err(d) => return Err(Box::new((*d, describe(&c.statements)))),
             }
         }
@@ -493,7 +544,7 @@ impl ClientSide {
         }
         Ok(Judged {
             statements,
-            generation: runtime.generation,
+            generation: self.epoch(&runtime),
             effects,
         })
     }
@@ -509,18 +560,18 @@ impl ClientSide {
         let stats = &self.guard.stats;
         let n = statements.len().max(1) as u64;
         stats.statements.fetch_add(n, Ordering::Relaxed);
+        let epoch = self.epoch(runtime);
         let facts = Facts {
             role: &self.info.user,
             switches: &runtime.switches,
+            catalog: self.catalog.as_deref(),
         };
         let remembered = self
             .allowed_memo
             .iter()
             .flatten()
-            .any(|(seen, generation)| {
-                *generation == runtime.generation && Arc::ptr_eq(seen, statements)
-            });
-        let effects = effects_of(statements, runtime.generation);
+            .any(|(seen, judged)| *judged == epoch && Arc::ptr_eq(seen, statements));
+        let effects = effects_of(statements, epoch);
         if !remembered {
             let mut executes = false;
             let mut earlier: Vec<(&str, &StatementInfo)> = Vec::new();
@@ -549,8 +600,11 @@ impl ClientSide {
                     earlier.push((&p.name, &p.body));
                 }
             }
+            if changes_catalog(statements) {
+                self.state.lock().unwrap().catalog_changed = true;
+            }
             if !executes {
-                self.allowed_memo[self.memo_next] = Some((statements.clone(), runtime.generation));
+                self.allowed_memo[self.memo_next] = Some((statements.clone(), epoch));
                 self.memo_next = (self.memo_next + 1) % MEMO;
             }
         }

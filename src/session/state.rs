@@ -103,6 +103,14 @@ pub struct SessionState {
     /// under are ever recorded, since any other ends the session.
     pub client_encoding: String,
     pub standard_conforming_strings: bool,
+    /// The database's catalog, if the guard keeps one.
+    pub catalog: Option<Arc<crate::catalog::DatabaseCatalog>>,
+    /// DDL was let through since the session was last idle outside a
+    /// transaction: at the next such ReadyForQuery the catalog is reloaded.
+    pub catalog_changed: bool,
+    /// That reload's ticket: the client half waits for it before judging
+    /// the session's next statement.
+    pub catalog_ticket: Option<u64>,
 }
 
 impl SessionState {
@@ -123,6 +131,9 @@ impl SessionState {
             server_fatal: false,
             client_encoding: String::new(),
             standard_conforming_strings: true,
+            catalog: None,
+            catalog_changed: false,
+            catalog_ticket: None,
         }
     }
 
@@ -302,6 +313,14 @@ impl SessionState {
     pub fn on_ready(&mut self, status: u8) {
         self.authenticated = true;
         self.status = status;
+        if status == b'I' && self.catalog_changed {
+            // The DDL has committed (or rolled back): what it did is in the
+            // catalog the guard's own connection reads.
+            self.catalog_changed = false;
+            if let Some(db) = &self.catalog {
+                self.catalog_ticket = Some(db.request_reload());
+            }
+        }
         if let Some(mut u) = self.units.pop_front() {
             self.rejections.settle(u.seq);
             while let Some(op) = u.ops.pop_front() {

@@ -1,0 +1,234 @@
+//! Reads one database's catalog over the guard's own upstream connection,
+//! in one read-only REPEATABLE READ transaction (so every query sees the
+//! same snapshot).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::{Catalog, Kind, Object, ObjectId};
+use crate::classify::{self, Op, RelationName, TableAccess};
+use crate::net::Endpoint;
+use crate::policy::CatalogSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("could not reach the database server: {0}")]
+    Connect(#[from] std::io::Error),
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Schemas whose relations the guard never resolves (PostgreSQL's own:
+/// their names are judged as written).
+const SYSTEM_SCHEMAS: &str = "('pg_catalog', 'information_schema', 'pg_toast')";
+
+/// Connects to `database` as the catalog role and reads its catalog.
+pub async fn load(
+    upstream: &Endpoint,
+    settings: &CatalogSettings,
+    database: &str,
+    timeout: Duration,
+) -> Result<Catalog, LoadError> {
+    let started = Instant::now();
+    let work = async {
+        let stream = upstream.connect(timeout).await?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&settings.user)
+            .dbname(database)
+            .application_name("zoneguard catalog");
+        if !settings.password.is_empty() {
+            config.password(&settings.password);
+        }
+        let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
+        let conn = tokio::spawn(connection);
+        let result = read(&client).await;
+        drop(client);
+        let _ = conn.await;
+        result
+    };
+    let mut catalog = tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 6, work)
+        .await
+        .map_err(|_| LoadError::Timeout)??;
+    catalog.loaded_in = started.elapsed();
+    Ok(catalog)
+}
+
+async fn read(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let user_schema =
+        format!("n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'");
+    let rels = client
+        .query(
+            &format!(
+                "SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE {user_schema}"
+            ),
+            &[],
+        )
+        .await?;
+    let mut objects = Vec::with_capacity(rels.len());
+    let mut by_oid: HashMap<i64, ObjectId> = HashMap::with_capacity(rels.len());
+    for r in &rels {
+        by_oid.insert(r.get(0), objects.len() as ObjectId);
+        objects.push(object(r.get(1), r.get(2), Kind::from_relkind(r.get(3))));
+    }
+    // An index belongs to its table.
+    let pairs = |rows: Vec<tokio_postgres::Row>| -> Vec<(ObjectId, ObjectId)> {
+        rows.iter()
+            .filter_map(|r| Some((*by_oid.get(&r.get(0))?, *by_oid.get(&r.get(1))?)))
+            .collect()
+    };
+    for (index, table) in pairs(
+        client
+            .query("SELECT indexrelid::int8, indrelid::int8 FROM pg_index", &[])
+            .await?,
+    ) {
+        objects[index as usize].owner = Some(table);
+    }
+    // A sequence belongs to the table whose column owns it: serial and
+    // OWNED BY ('a'), identity ('i').
+    for (seq, table) in pairs(
+        client
+            .query(
+                "SELECT objid::int8, refobjid::int8 FROM pg_depend \
+                 WHERE classid = 'pg_class'::regclass AND refclassid = 'pg_class'::regclass \
+                 AND refobjsubid > 0 AND deptype IN ('a', 'i')",
+                &[],
+            )
+            .await?,
+    ) {
+        if objects[seq as usize].kind == Kind::Sequence {
+            objects[seq as usize].owner = Some(table);
+        }
+    }
+    // Partitions and inheritance children.
+    for (child, parent) in pairs(
+        client
+            .query(
+                "SELECT inhrelid::int8, inhparent::int8 FROM pg_inherits",
+                &[],
+            )
+            .await?,
+    ) {
+        objects[child as usize].parents.push(parent);
+        objects[parent as usize].children.push(child);
+    }
+    // What a view's query names (its _RETURN rule's dependencies).
+    for (view, rel) in pairs(
+        client
+            .query(
+                "SELECT DISTINCT r.ev_class::int8, d.refobjid::int8 \
+                 FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass \
+                 AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass \
+                 AND d.refobjid <> r.ev_class WHERE r.rulename = '_RETURN'",
+                &[],
+            )
+            .await?,
+    ) {
+        objects[view as usize].reads.push(rel);
+    }
+    // Other rules: what their actions do, classified like any statement.
+    for r in client
+        .query(
+            "SELECT ev_class::int8, ev_type::text, pg_get_ruledef(oid) FROM pg_rewrite \
+             WHERE rulename <> '_RETURN'",
+            &[],
+        )
+        .await?
+    {
+        let Some(&rel) = by_oid.get(&r.get::<_, i64>(0)) else {
+            continue;
+        };
+        let event = match r.get::<_, &str>(1) {
+            "2" => Op::Update,
+            "3" => Op::Insert,
+            "4" => Op::Delete,
+            _ => continue,
+        };
+        let def: &str = r.get(2);
+        objects[rel as usize].rules.push((event, rule_actions(def)));
+    }
+    // Extended statistics objects belong to their table.
+    let stats = client
+        .query(
+            &format!(
+                "SELECT n.nspname::text, s.stxname::text, s.stxrelid::int8 \
+                 FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace \
+                 WHERE {user_schema}"
+            ),
+            &[],
+        )
+        .await?;
+    for r in &stats {
+        let mut o = object(r.get(0), r.get(1), Kind::Statistics);
+        o.owner = by_oid.get(&r.get::<_, i64>(2)).copied();
+        objects.push(o);
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok(Catalog::new(objects))
+}
+
+fn object(schema: &str, name: &str, kind: Kind) -> Object {
+    Object {
+        name: RelationName::new(Some(schema), name),
+        kind,
+        owner: None,
+        parents: Vec::new(),
+        children: Vec::new(),
+        reads: Vec::new(),
+        rules: Vec::new(),
+    }
+}
+
+/// What a rule's actions access, from its definition (`CREATE RULE ... DO
+/// [INSTEAD] action`). The rule's own table (the DDL of creating it) is not
+/// an access of the actions; a definition the guard cannot read is an
+/// access it cannot name, which fails closed when judged.
+fn rule_actions(def: &str) -> Vec<TableAccess> {
+    let mut out = Vec::new();
+    for st in classify::classify(def) {
+        if st.specials.iter().any(|s| {
+            matches!(
+                s,
+                classify::Special::Unparsed {
+                    may_write: true,
+                    ..
+                } | classify::Special::DoBlock
+                    | classify::Special::Call { .. }
+            )
+        }) {
+            out.push(TableAccess {
+                op: Op::Ddl,
+                table: RelationName::new(None, "(a rule zoneguard cannot read)"),
+                operation: "RULE".to_owned(),
+            });
+        }
+        out.extend(
+            st.accesses
+                .into_iter()
+                .filter(|a| a.operation != "CREATE RULE"),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_actions_are_classified() {
+        let a = rule_actions(
+            "CREATE RULE r AS ON INSERT TO public.v DO INSTEAD INSERT INTO public.users (email) VALUES (new.email);",
+        );
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].op, Op::Insert);
+        assert_eq!(a[0].table, RelationName::new(Some("public"), "users"));
+    }
+}

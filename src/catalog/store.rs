@@ -1,0 +1,195 @@
+//! Keeps each fronted database's catalog current: loaded when the first
+//! session of that database starts, reloaded periodically, at once after DDL
+//! that passed through the guard has committed, and on the console's
+//! `RELOAD CATALOG`.
+//!
+//! Staleness: between a change made outside this guard (another guard, a
+//! direct connection, a DBA) and the next reload, the catalog may not know a
+//! new object, which is then judged by its name as written (conservatively),
+//! or may still hold a dropped one. DDL through this guard triggers a reload
+//! when its transaction ends, and the session that ran it waits for that
+//! reload before its next statement is judged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{watch, Notify};
+
+use super::Catalog;
+use crate::net::Endpoint;
+use crate::policy::CatalogSettings;
+
+/// The catalogs of every database the guard fronts.
+pub struct CatalogStore {
+    settings: CatalogSettings,
+    upstream: Endpoint,
+    timeout: Duration,
+    databases: Mutex<HashMap<String, Arc<DatabaseCatalog>>>,
+}
+
+/// One database's catalog and its reloads.
+pub struct DatabaseCatalog {
+    pub database: String,
+    current: ArcSwapOption<Catalog>,
+    /// Reloads asked for, and the number of the last one whose load started
+    /// after it was asked for and has finished (successfully or not).
+    requested: AtomicU64,
+    done: watch::Sender<u64>,
+    wake: Notify,
+    /// Loads so far, for the version of each.
+    loads: AtomicU64,
+    /// The last load's error, for the console.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl CatalogStore {
+    pub fn new(settings: CatalogSettings, upstream: Endpoint, timeout: Duration) -> CatalogStore {
+        CatalogStore {
+            settings,
+            upstream,
+            timeout,
+            databases: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The catalog of `database`, starting its loader if this is its first
+    /// session. None: catalogs are off, or too many databases are kept.
+    pub fn database(&self, database: &str) -> Option<Arc<DatabaseCatalog>> {
+        if !self.settings.enabled {
+            return None;
+        }
+        let mut dbs = self.databases.lock().unwrap();
+        if let Some(db) = dbs.get(database) {
+            return Some(db.clone());
+        }
+        if dbs.len() >= self.settings.max_databases {
+            return None;
+        }
+        let db = Arc::new(DatabaseCatalog {
+            database: database.to_owned(),
+            current: ArcSwapOption::empty(),
+            requested: AtomicU64::new(1),
+            done: watch::channel(0).0,
+            wake: Notify::new(),
+            loads: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        dbs.insert(database.to_owned(), db.clone());
+        tokio::spawn(reloader(
+            Arc::downgrade(&db),
+            self.upstream.clone(),
+            self.settings.clone(),
+            self.timeout,
+        ));
+        Some(db)
+    }
+
+    /// Every kept database's catalog, for the console.
+    pub fn all(&self) -> Vec<Arc<DatabaseCatalog>> {
+        let mut v: Vec<_> = self.databases.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.database.cmp(&b.database));
+        v
+    }
+}
+
+impl std::fmt::Debug for DatabaseCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseCatalog")
+            .field("database", &self.database)
+            .field("version", &self.current().map(|c| c.version))
+            .finish()
+    }
+}
+
+impl DatabaseCatalog {
+    pub fn current(&self) -> Option<Arc<Catalog>> {
+        self.current.load_full()
+    }
+
+    /// Asks for a reload; returns a ticket for [`Self::wait_for`].
+    pub fn request_reload(&self) -> u64 {
+        let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake.notify_one();
+        ticket
+    }
+
+    /// Waits until a load that started after `ticket` was issued has
+    /// finished, or `timeout` passes.
+    pub async fn wait_for(&self, ticket: u64, timeout: Duration) {
+        let mut rx = self.done.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|done| *done >= ticket)).await;
+    }
+
+    /// Waits for the first load to finish (or `timeout`).
+    pub async fn wait_first(&self, timeout: Duration) {
+        self.wait_for(1, timeout).await
+    }
+}
+
+/// Loads the catalog when asked and every `refresh_secs`, until the
+/// database's entry (and so the guard) is gone.
+async fn reloader(
+    db: Weak<DatabaseCatalog>,
+    upstream: Endpoint,
+    settings: CatalogSettings,
+    timeout: Duration,
+) {
+    let period = Duration::from_secs(settings.refresh_secs.max(1));
+    loop {
+        let Some(this) = db.upgrade() else { return };
+        let ticket = this.requested.load(Ordering::Acquire);
+        let result = super::load(&upstream, &settings, &this.database, timeout).await;
+        match result {
+            Ok(mut catalog) => {
+                catalog.version = this.loads.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::debug!(
+                    database = ?this.database,
+                    objects = catalog.len(),
+                    ms = catalog.loaded_in.as_millis() as u64,
+                    "catalog loaded"
+                );
+                this.current.store(Some(Arc::new(catalog)));
+                let was = this.last_error.lock().unwrap().take();
+                if was.is_some() {
+                    tracing::info!(database = ?this.database, "catalog readable again");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let mut last = this.last_error.lock().unwrap();
+                if last.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(
+                        database = ?this.database,
+                        user = ?settings.user,
+                        error = %msg,
+                        "cannot read the catalog: names are judged as written until it can (see [catalog] in policy.toml)"
+                    );
+                }
+                *last = Some(msg);
+            }
+        }
+        this.done.send_replace(ticket);
+        let failed = this.last_error.lock().unwrap().is_some();
+        let wait = if failed {
+            period.min(Duration::from_secs(5))
+        } else {
+            period
+        };
+        let wake = this.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        // A reload asked for while this one ran goes again at once.
+        if this.requested.load(Ordering::Acquire) != ticket {
+            continue;
+        }
+        // `this` is held while waiting: a guard that is gone stops its
+        // reloaders after at most one period.
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = wake => {}
+        }
+    }
+}
