@@ -81,6 +81,10 @@ enum Command {
     GenLegacy(zoneguard::backfill::GenLegacyArgs),
     /// Benchmark the backfill on a throwaway cluster with generated data.
     BenchBackfill(zoneguard::backfill::BenchBackfillArgs),
+    /// Print the SQL of an event trigger that tells the guard at once when
+    /// DDL changes a database's catalog (run it as a superuser in each
+    /// fronted database: `zoneguard catalog-trigger | psql -U postgres DB`).
+    CatalogTrigger,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,9 +130,15 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(Command::CatalogTrigger) = &cli.command {
+        print!("{}", zoneguard::catalog::TRIGGER_SQL);
+        return Ok(());
+    }
     rt.block_on(async move {
         match cli.command {
-            Some(Command::HashPassword { .. }) => unreachable!("handled above"),
+            Some(Command::HashPassword { .. } | Command::CatalogTrigger) => {
+                unreachable!("handled above")
+            }
             None | Some(Command::Run) => run(&cli).await,
             Some(Command::Demo) => demo(&cli).await,
             Some(Command::Backfill(a)) => zoneguard::backfill::backfill_command(a).await,

@@ -150,6 +150,14 @@ async fn own_ddl_is_seen_by_the_next_statement() {
     let db = fresh_db();
     let g = TestGuard::start(SHIPPED_POLICY).await;
     let app = g.connect("app", &db).await;
+    // The session's first Query follows the guard's own (swallowed) one that
+    // sets the switch variables: the reload must wait for the DDL's own
+    // ReadyForQuery, not that earlier one's (regression: it did not, and the
+    // sleep made the DDL commit after the reload had read the catalog).
+    app.batch_execute("SELECT pg_sleep(0.3); CREATE INDEX ix_slow ON entitlements (sku)")
+        .await
+        .unwrap();
+    app.batch_execute("DROP INDEX ix_slow").await.unwrap();
     for i in 0..5 {
         app.batch_execute(&format!("CREATE INDEX ix_quick_{i} ON entitlements (sku)"))
             .await
@@ -191,5 +199,100 @@ async fn unreadable_catalog_judges_names_as_written() {
     assert_eq!(
         sqlstate(app.batch_execute("SELECT nextval('users_id_seq')").await),
         "42501"
+    );
+}
+
+/// With the event trigger installed, DDL made outside the guard reaches the
+/// catalog at once (without it, only at the next periodic reload).
+#[tokio::test]
+async fn the_event_trigger_pushes_outside_ddl() {
+    let db = fresh_db();
+    cluster()
+        .psql(&db, zoneguard::catalog::TRIGGER_SQL)
+        .unwrap();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    app.batch_execute("SELECT 1").await.unwrap();
+    let catalog = g.guard.catalogs.database(&db).unwrap();
+    let before = catalog.current().unwrap().version;
+    // Made directly, not through the guard.
+    let direct = direct(&db).await;
+    direct
+        .batch_execute("CREATE INDEX ix_pushed ON entitlements (sku)")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while catalog.current().unwrap().version == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload after outside DDL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.batch_execute("DROP INDEX ix_pushed").await.unwrap();
+}
+
+/// Under a search_path the server reported, an unqualified name is the
+/// first match on the path (pure judging, with an in-memory catalog: the
+/// PostgreSQL the suite runs does not report search_path).
+#[test]
+fn a_reported_search_path_picks_the_schema() {
+    use std::collections::BTreeMap;
+    use zoneguard::catalog::{Catalog, Kind, Object};
+    use zoneguard::classify::{classify, RelationName};
+    use zoneguard::policy::{Facts, Verdict};
+
+    let text = r#"
+[zones.legacy]
+schemas = ["legacy"]
+[zones.app]
+schemas = ["app"]
+[[rules]]
+name = "legacy-read-only"
+zone = "legacy"
+allow = ["read"]
+[[rules]]
+name = "app-read-write"
+zone = "app"
+allow = ["all"]
+"#;
+    let (policy, _) = zoneguard::policy::parse(text, std::path::Path::new("p.toml")).unwrap();
+    let obj = |schema: &str, name: &str| Object {
+        name: RelationName::new(Some(schema), name),
+        kind: Kind::Table,
+        owner: None,
+        parents: Vec::new(),
+        children: Vec::new(),
+        reads: Vec::new(),
+        rules: Vec::new(),
+    };
+    let catalog = Catalog::new(vec![obj("legacy", "users"), obj("app", "users")]);
+    let switches = BTreeMap::new();
+    let verdict = |sql: &str, path: Option<&[&str]>| {
+        let path: Option<Vec<String>> = path.map(|p| p.iter().map(|s| s.to_string()).collect());
+        let facts = Facts {
+            role: "app",
+            switches: &switches,
+            catalog: Some(&catalog),
+            search_path: path.as_deref(),
+        };
+        let st = classify(sql).remove(0);
+        match policy.judge(&st, facts, &|_| Vec::new()) {
+            Verdict::Allow => "allow",
+            Verdict::Deny(_) => "deny",
+        }
+    };
+    let update = "UPDATE users SET email = email";
+    assert_eq!(verdict(update, Some(&["app"])), "allow");
+    assert_eq!(verdict(update, Some(&["app", "legacy"])), "allow");
+    assert_eq!(verdict(update, Some(&["legacy", "app"])), "deny");
+    // $user may be the legacy schema (SET ROLE changes it): both count.
+    assert_eq!(verdict(update, Some(&["$user", "app"])), "deny");
+    // Not reported: every schema that has the name.
+    assert_eq!(verdict(update, None), "deny");
+    // Qualified names ignore the path.
+    assert_eq!(
+        verdict("UPDATE legacy.users SET email = email", Some(&["app"])),
+        "deny"
     );
 }

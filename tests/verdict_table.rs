@@ -19,6 +19,7 @@ fn verdict(p: &Policy, role: &str, switches: &BTreeMap<String, bool>, sql: &str)
         role,
         switches,
         catalog: None,
+        search_path: None,
     };
     for st in classify(sql) {
         if let Verdict::Deny(d) = p.judge(&st, facts, &|_| Vec::new()) {

@@ -20,9 +20,14 @@ pub enum LoadError {
     Timeout,
 }
 
-/// Schemas whose relations the guard never resolves (PostgreSQL's own:
-/// their names are judged as written).
-const SYSTEM_SCHEMAS: &str = "('pg_catalog', 'information_schema', 'pg_toast')";
+/// Schemas whose relations the guard does not resolve: TOAST tables are
+/// never named in SQL. pg_catalog is read: it is searched first, so a name
+/// there shadows a user table of the same name (invariant 1).
+const SYSTEM_SCHEMAS: &str = "('pg_toast')";
+
+/// The channel an event trigger notifies when DDL ends (see
+/// `zoneguard catalog-trigger`): the guard reloads the catalog at once.
+pub const NOTIFY_CHANNEL: &str = "zoneguard_catalog";
 
 /// Connects to `database` as the catalog role and reads its catalog.
 pub async fn load(
@@ -31,7 +36,20 @@ pub async fn load(
     database: &str,
     timeout: Duration,
 ) -> Result<Catalog, LoadError> {
-    let started = Instant::now();
+    let client = connect(upstream, settings, database, timeout, || {}).await?;
+    read_catalog(&client, timeout).await
+}
+
+/// Connects as the catalog role and listens on [`NOTIFY_CHANNEL`], calling
+/// `on_notify` for each notification. The connection lives as long as the
+/// client.
+pub async fn connect(
+    upstream: &Endpoint,
+    settings: &CatalogSettings,
+    database: &str,
+    timeout: Duration,
+    on_notify: impl Fn() + Send + 'static,
+) -> Result<tokio_postgres::Client, LoadError> {
     let work = async {
         let stream = upstream.connect(timeout).await?;
         let mut config = tokio_postgres::Config::new();
@@ -42,14 +60,34 @@ pub async fn load(
         if !settings.password.is_empty() {
             config.password(&settings.password);
         }
-        let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
-        let conn = tokio::spawn(connection);
-        let result = read(&client).await;
-        drop(client);
-        let _ = conn.await;
-        result
+        let (client, mut connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            // Drives the connection, and hands notifications on.
+            while let Some(Ok(msg)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                    if n.channel() == NOTIFY_CHANNEL {
+                        on_notify();
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+            .await?;
+        Ok::<_, LoadError>(client)
     };
-    let mut catalog = tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 6, work)
+    tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 2, work)
+        .await
+        .map_err(|_| LoadError::Timeout)?
+}
+
+/// Reads the catalog over an open connection.
+pub async fn read_catalog(
+    client: &tokio_postgres::Client,
+    timeout: Duration,
+) -> Result<Catalog, LoadError> {
+    let started = Instant::now();
+    let mut catalog = tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 6, read(client))
         .await
         .map_err(|_| LoadError::Timeout)??;
     catalog.loaded_in = started.elapsed();
@@ -57,8 +95,13 @@ pub async fn load(
 }
 
 async fn read(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
+    // An empty search_path makes pg_get_ruledef() qualify every name, so a
+    // rule's actions are judged on the objects they were bound to, whatever
+    // the session's search_path.
     client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = ''",
+        )
         .await?;
     let user_schema =
         format!("n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'");
@@ -225,7 +268,7 @@ mod tests {
     #[test]
     fn rule_actions_are_classified() {
         let a = rule_actions(
-            "CREATE RULE r AS ON INSERT TO public.v DO INSTEAD INSERT INTO public.users (email) VALUES (new.email);",
+            "CREATE RULE r AS ON INSERT TO public.v DO INSTEAD  INSERT INTO public.users (email)\n  VALUES (new.email);",
         );
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!(a[0].op, Op::Insert);

@@ -34,10 +34,27 @@ mod store;
 use std::collections::HashMap;
 use std::time::Duration;
 
-pub use load::{load, LoadError};
+pub use load::{connect, load, read_catalog, LoadError, NOTIFY_CHANNEL};
 pub use store::{CatalogStore, DatabaseCatalog};
 
 use crate::classify::{Op, RelationName, TableAccess};
+
+/// An event trigger that notifies the guard's catalog connections when DDL
+/// ends, so the catalog is reloaded at once wherever the DDL came from
+/// (printed by `zoneguard catalog-trigger`; event triggers need a
+/// superuser). Notifications are delivered when the transaction commits.
+pub const TRIGGER_SQL: &str = "\
+-- zoneguard: tell the guard when DDL changes the catalog.
+CREATE OR REPLACE FUNCTION public.zoneguard_catalog_changed() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('zoneguard_catalog', '');
+END
+$$;
+DROP EVENT TRIGGER IF EXISTS zoneguard_catalog_changed;
+CREATE EVENT TRIGGER zoneguard_catalog_changed ON ddl_command_end
+    EXECUTE FUNCTION public.zoneguard_catalog_changed();
+";
 
 /// What kind of object a name denotes (`pg_class.relkind`, and extended
 /// statistics, which have a namespace of their own).
@@ -120,6 +137,54 @@ pub struct Catalog {
     pub loaded_in: Duration,
 }
 
+/// A search_path value as the server reports it (`"$user", public`):
+/// comma-separated names, `"quoted"` as written, others folded to lower case.
+/// None if it cannot be read.
+pub fn parse_search_path(value: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    if value.trim().is_empty() {
+        return Some(out);
+    }
+    for part in split_outside_quotes(value)? {
+        let p = part.trim();
+        let name = if let Some(inner) = p.strip_prefix('"') {
+            let inner = inner.strip_suffix('"')?;
+            if inner.replace("\"\"", "").contains('"') {
+                return None;
+            }
+            inner.replace("\"\"", "\"")
+        } else {
+            if p.is_empty() || p.contains(|c: char| c == '"' || c.is_whitespace()) {
+                return None;
+            }
+            p.to_ascii_lowercase()
+        };
+        out.push(name);
+    }
+    Some(out)
+}
+
+fn split_outside_quotes(s: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return None;
+    }
+    parts.push(&s[start..]);
+    Some(parts)
+}
+
 /// How deep expansion goes (views over views, partitions of partitions,
 /// rules); deeper chains are cut, and what is cut is judged by name.
 pub const MAX_DEPTH: usize = 16;
@@ -172,6 +237,54 @@ impl Catalog {
                 .filter(|&i| self.object(i).name.schema.as_deref() == Some(s.as_str()))
                 .collect(),
         }
+    }
+
+    /// The objects an unqualified name may denote under a search_path the
+    /// server reported (see `session::state`): PostgreSQL's order, the
+    /// session's temporary schema first unless the path places `pg_temp`,
+    /// then `pg_catalog` unless the path places it, then the path. The first
+    /// schema that has the name decides; any temporary schema's object may
+    /// be the session's own, so all count and the search goes on; `$user`
+    /// (the current role, which SET ROLE changes) may be any schema the path
+    /// does not name, so those count too and the search goes on. No match:
+    /// empty, and the name is judged as written.
+    pub fn candidates_on_path(&self, name: &RelationName, path: &[String]) -> Vec<ObjectId> {
+        let all = self.candidates(name);
+        if name.schema.is_some() || all.is_empty() {
+            return all;
+        }
+        let schema = |i: ObjectId| self.object(i).name.schema.as_deref().unwrap_or("");
+        let is_temp = |s: &str| s.starts_with("pg_temp_");
+        let named = |s: &str| path.iter().any(|p| p == s);
+        let mut order: Vec<&str> = Vec::new();
+        if !named("pg_temp") {
+            order.push("pg_temp");
+        }
+        if !named("pg_catalog") {
+            order.push("pg_catalog");
+        }
+        order.extend(path.iter().map(String::as_str));
+        let mut out = Vec::new();
+        for step in order {
+            match step {
+                "pg_temp" => out.extend(all.iter().copied().filter(|&i| is_temp(schema(i)))),
+                "$user" => out.extend(all.iter().copied().filter(|&i| {
+                    let s = schema(i);
+                    !is_temp(s) && s != "pg_catalog" && !named(s)
+                })),
+                s => {
+                    let hit: Vec<ObjectId> =
+                        all.iter().copied().filter(|&i| schema(i) == s).collect();
+                    if !hit.is_empty() {
+                        out.extend(hit);
+                        break;
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The objects an access of kind `op` to object `id` reaches, with the
@@ -229,5 +342,90 @@ impl Catalog {
                 .keys()
                 .map(|k| k.len() + 48 + std::mem::size_of::<Vec<ObjectId>>())
                 .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(schema: &str, name: &str, kind: Kind) -> Object {
+        Object {
+            name: RelationName::new(Some(schema), name),
+            kind,
+            owner: None,
+            parents: Vec::new(),
+            children: Vec::new(),
+            reads: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    fn names(c: &Catalog, ids: Vec<ObjectId>) -> Vec<String> {
+        ids.into_iter()
+            .map(|i| c.object(i).name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn search_path_values() {
+        let p = |s: &str| parse_search_path(s);
+        assert_eq!(p(r#""$user", public"#).unwrap(), ["$user", "public"]);
+        assert_eq!(p("App,LEGACY").unwrap(), ["app", "legacy"]);
+        assert_eq!(p(r#""a,b", "X""Y""#).unwrap(), ["a,b", "X\"Y"]);
+        assert_eq!(p("").unwrap(), Vec::<String>::new());
+        assert!(p(r#""open"#).is_none());
+        assert!(p("a b").is_none());
+    }
+
+    #[test]
+    fn resolution_follows_the_path() {
+        let c = Catalog::new(vec![
+            obj("legacy", "users", Kind::Table),
+            obj("app", "users", Kind::Table),
+            obj("pg_temp_3", "users", Kind::Table),
+            obj("pg_catalog", "pg_class", Kind::Table),
+            obj("app", "pg_class", Kind::Table),
+            obj("other", "orders", Kind::Table),
+        ]);
+        let users = RelationName::new(None, "users");
+        let path = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Temp first (it may be ours), then the first schema on the path.
+        assert_eq!(
+            names(&c, c.candidates_on_path(&users, &path(&["app", "legacy"]))),
+            ["\"app\".\"users\"", "\"pg_temp_3\".\"users\""]
+        );
+        // pg_temp placed last: app decides, temp never reached.
+        assert_eq!(
+            names(&c, c.candidates_on_path(&users, &path(&["app", "pg_temp"]))),
+            ["\"app\".\"users\""]
+        );
+        // $user may be any schema the path does not name.
+        assert_eq!(
+            names(
+                &c,
+                c.candidates_on_path(&users, &path(&["$user", "app", "pg_temp"]))
+            ),
+            ["\"legacy\".\"users\"", "\"app\".\"users\""]
+        );
+        // pg_catalog is searched first unless placed.
+        let pgc = RelationName::new(None, "pg_class");
+        assert_eq!(
+            names(&c, c.candidates_on_path(&pgc, &path(&["app"]))),
+            ["\"pg_catalog\".\"pg_class\""]
+        );
+        assert_eq!(
+            names(
+                &c,
+                c.candidates_on_path(&pgc, &path(&["app", "pg_catalog"]))
+            ),
+            ["\"app\".\"pg_class\""]
+        );
+        // Off the path: no candidate (judged as written).
+        let orders = RelationName::new(None, "orders");
+        assert!(c.candidates_on_path(&orders, &path(&["app"])).is_empty());
+        // Qualified names ignore the path.
+        let q = RelationName::new(Some("legacy"), "users");
+        assert_eq!(c.candidates_on_path(&q, &path(&["app"])).len(), 1);
     }
 }

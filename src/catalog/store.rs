@@ -3,6 +3,10 @@
 //! that passed through the guard has committed, and on the console's
 //! `RELOAD CATALOG`.
 //!
+//! With the event trigger that `zoneguard catalog-trigger` prints installed
+//! in the database, DDL from anywhere notifies the guard's connection, and
+//! the catalog is reloaded at once.
+//!
 //! Staleness: between a change made outside this guard (another guard, a
 //! direct connection, a DBA) and the next reload, the catalog may not know a
 //! new object, which is then judged by its name as written (conservatively),
@@ -38,7 +42,7 @@ pub struct DatabaseCatalog {
     /// after it was asked for and has finished (successfully or not).
     requested: AtomicU64,
     done: watch::Sender<u64>,
-    wake: Notify,
+    wake: Arc<Notify>,
     /// Loads so far, for the version of each.
     loads: AtomicU64,
     /// The last load's error, for the console.
@@ -73,13 +77,14 @@ impl CatalogStore {
             current: ArcSwapOption::empty(),
             requested: AtomicU64::new(1),
             done: watch::channel(0).0,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             loads: AtomicU64::new(0),
             last_error: Mutex::new(None),
         });
         dbs.insert(database.to_owned(), db.clone());
         tokio::spawn(reloader(
             Arc::downgrade(&db),
+            db.wake.clone(),
             self.upstream.clone(),
             self.settings.clone(),
             self.timeout,
@@ -129,67 +134,99 @@ impl DatabaseCatalog {
     }
 }
 
-/// Loads the catalog when asked and every `refresh_secs`, until the
-/// database's entry (and so the guard) is gone.
+/// Loads the catalog when asked and every `refresh_secs`, over one
+/// connection that also listens for the event trigger's notifications,
+/// until the database's entry (and so the guard) is gone.
 async fn reloader(
     db: Weak<DatabaseCatalog>,
+    wake: Arc<Notify>,
     upstream: Endpoint,
     settings: CatalogSettings,
     timeout: Duration,
 ) {
     let period = Duration::from_secs(settings.refresh_secs.max(1));
+    let mut client: Option<tokio_postgres::Client> = None;
     loop {
         let Some(this) = db.upgrade() else { return };
         let ticket = this.requested.load(Ordering::Acquire);
-        let result = super::load(&upstream, &settings, &this.database, timeout).await;
-        match result {
-            Ok(mut catalog) => {
-                catalog.version = this.loads.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::debug!(
-                    database = ?this.database,
-                    objects = catalog.len(),
-                    ms = catalog.loaded_in.as_millis() as u64,
-                    "catalog loaded"
-                );
-                this.current.store(Some(Arc::new(catalog)));
-                let was = this.last_error.lock().unwrap().take();
-                if was.is_some() {
-                    tracing::info!(database = ?this.database, "catalog readable again");
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            let weak = db.clone();
+            let on_notify = move || {
+                if let Some(db) = weak.upgrade() {
+                    db.request_reload();
                 }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                let mut last = this.last_error.lock().unwrap();
-                if last.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!(
+            };
+            client = match super::connect(&upstream, &settings, &this.database, timeout, on_notify)
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    this.failed(&settings, e.to_string());
+                    None
+                }
+            };
+        }
+        if let Some(c) = &client {
+            match super::read_catalog(c, timeout).await {
+                Ok(mut catalog) => {
+                    catalog.version = this.loads.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::debug!(
                         database = ?this.database,
-                        user = ?settings.user,
-                        error = %msg,
-                        "cannot read the catalog: names are judged as written until it can (see [catalog] in policy.toml)"
+                        objects = catalog.len(),
+                        ms = catalog.loaded_in.as_millis() as u64,
+                        "catalog loaded"
                     );
+                    this.current.store(Some(Arc::new(catalog)));
+                    if this.last_error.lock().unwrap().take().is_some() {
+                        tracing::info!(database = ?this.database, "catalog readable again");
+                    }
                 }
-                *last = Some(msg);
+                Err(e) => {
+                    this.failed(&settings, e.to_string());
+                    client = None;
+                }
             }
         }
         this.done.send_replace(ticket);
-        let failed = this.last_error.lock().unwrap().is_some();
-        let wait = if failed {
+        let wait = if client.is_none() {
             period.min(Duration::from_secs(5))
         } else {
             period
         };
-        let wake = this.wake.notified();
-        tokio::pin!(wake);
-        wake.as_mut().enable();
         // A reload asked for while this one ran goes again at once.
         if this.requested.load(Ordering::Acquire) != ticket {
             continue;
         }
-        // `this` is held while waiting: a guard that is gone stops its
-        // reloaders after at most one period.
+        drop(this);
+        // Only the Notify is held while waiting: a guard that is gone wakes
+        // its reloaders (CatalogStore's Drop), and they end.
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = wake => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+impl DatabaseCatalog {
+    /// A load failed: logged once per distinct error.
+    fn failed(&self, settings: &CatalogSettings, msg: String) {
+        let mut last = self.last_error.lock().unwrap();
+        if last.as_deref() != Some(msg.as_str()) {
+            tracing::warn!(
+                database = ?self.database,
+                user = ?settings.user,
+                error = %msg,
+                "cannot read the catalog: names are judged as written until it can (see [catalog] in policy.toml)"
+            );
+        }
+        *last = Some(msg);
+    }
+}
+
+impl Drop for CatalogStore {
+    fn drop(&mut self) {
+        for db in self.databases.lock().unwrap().values() {
+            db.wake.notify_one();
         }
     }
 }

@@ -19,6 +19,10 @@ pub struct Facts<'a> {
     /// The database's catalog, when the guard has one: names are then
     /// judged as the objects they denote (see `crate::catalog`).
     pub catalog: Option<&'a Catalog>,
+    /// The session's search_path, when the server has reported it and
+    /// nothing that could have changed it since is still running; None: an
+    /// unqualified name counts in every schema that has it.
+    pub search_path: Option<&'a [String]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,10 +161,11 @@ impl Policy {
     /// Judges one access: as the objects its name denotes when the catalog
     /// knows the name, else as the name is written.
     fn judge_access(&self, access: &TableAccess, facts: Facts<'_>, depth: usize) -> Option<Denial> {
-        let candidates = facts
-            .catalog
-            .map(|c| c.candidates(&access.table))
-            .unwrap_or_default();
+        let candidates = match (facts.catalog, facts.search_path) {
+            (Some(c), Some(path)) => c.candidates_on_path(&access.table, path),
+            (Some(c), None) => c.candidates(&access.table),
+            (None, _) => Vec::new(),
+        };
         let (Some(cat), false) = (facts.catalog, candidates.is_empty()) else {
             let zones = self.zones_of(&access.table);
             return zones.into_iter().find_map(|zone| {

@@ -68,6 +68,15 @@ pub(crate) struct ClientSide {
     catalog: Option<Arc<crate::catalog::Catalog>>,
     /// The first catalog load was waited for.
     catalog_waited: bool,
+    /// The search_path the current message's first statement is judged
+    /// under (see `refresh_catalog`).
+    search_path: Option<Arc<Vec<String>>>,
+    /// What was just judged allowed runs DDL: its unit is marked (see
+    /// `SessionState::mark_catalog_change`) once it is recorded.
+    ran_ddl: bool,
+    /// See `epoch`.
+    epoch: u64,
+    epoch_inputs: (u64, u64, Option<Arc<Vec<String>>>),
     memo_next: usize,
     /// Portals bound to a statement that prepares or deallocates (SQL
     /// PREPARE sent through the extended protocol): what their Execute does.
@@ -125,6 +134,10 @@ impl ClientSide {
             allowed_memo: Default::default(),
             catalog: None,
             catalog_waited: false,
+            search_path: None,
+            ran_ddl: false,
+            epoch: 1,
+            epoch_inputs: (0, 0, None),
             memo_next: 0,
             portal_effects: HashMap::new(),
         }
@@ -297,11 +310,21 @@ impl ClientSide {
         }
     }
 
-    /// What a prepared statement's verdict depends on besides its text: the
-    /// policy generation and the catalog version it was judged under.
-    fn epoch(&self, runtime: &Runtime) -> u64 {
-        let version = self.catalog.as_ref().map_or(0, |c| c.version);
-        (runtime.generation << 24) | (version & 0xff_ffff)
+    /// What a verdict depends on besides the statement's text: the policy
+    /// generation, the catalog version and the search_path it was judged
+    /// under. A session counter that moves whenever any of them changes, so
+    /// a verdict remembered under one is never reused under another.
+    fn epoch(&mut self, runtime: &Runtime) -> u64 {
+        let inputs = (
+            runtime.generation,
+            self.catalog.as_ref().map_or(0, |c| c.version),
+            self.search_path.clone(),
+        );
+        if inputs != self.epoch_inputs {
+            self.epoch_inputs = inputs;
+            self.epoch += 1;
+        }
+        self.epoch
     }
 
     /// Brings the session's view of the catalog up to date before a
@@ -312,6 +335,17 @@ impl ClientSide {
         let (db, ticket) = {
             let mut st = self.state.lock().unwrap();
             (st.catalog.clone(), st.catalog_ticket.take())
+        };
+        // The reported search_path holds for the next statement only if
+        // nothing that may change it is still running: the server owes no
+        // reply but the current batch's, and that batch has executed
+        // nothing yet (names resolve when a statement is parsed and again
+        // when a prepared one runs: both happen after what came before).
+        self.search_path = {
+            let st = self.state.lock().unwrap();
+            (st.idle() && !self.executed_in_batch)
+                .then(|| st.search_path.clone())
+                .flatten()
         };
         let Some(db) = db else { return };
         let timeout =
@@ -334,7 +368,19 @@ impl ClientSide {
     ) -> Result<Option<Bytes>, ProtocolError> {
         if matches!(frame.tag(), b'Q' | b'P' | b'B') {
             self.refresh_catalog().await;
+            self.ran_ddl = false;
         }
+        let out = self.judge_message(frame).await;
+        if std::mem::take(&mut self.ran_ddl) && frame.tag() != b'Q' {
+            self.state.lock().unwrap().mark_catalog_change();
+        }
+        out
+    }
+
+    async fn judge_message(
+        &mut self,
+        frame: &protocol::Frame,
+    ) -> Result<Option<Bytes>, ProtocolError> {
         match frame.tag() {
             b'Q' => {
                 let text = protocol::query_text(frame.body())?;
@@ -349,7 +395,11 @@ impl ClientSide {
                         Some(protocol::query_message(&replacement))
                     }
                 };
-                self.state.lock().unwrap().expect_ready();
+                let mut st = self.state.lock().unwrap();
+                if std::mem::take(&mut self.ran_ddl) {
+                    st.mark_catalog_change();
+                }
+                st.expect_ready();
                 Ok(out)
             }
             b'P' => {
@@ -467,9 +517,10 @@ impl ClientSide {
     /// rejection, returns the denial and the SQL to audit.
     fn judge_bind(&mut self, portal: &[u8], name: &[u8]) -> Result<(), Box<(Denial, String)>> {
         let runtime = self.guard.runtime.load();
+        let epoch = self.epoch(&runtime);
         let candidates = {
             let st = self.state.lock().unwrap();
-            if st.settled_for(name, self.epoch(&runtime)) {
+            if st.settled_for(name, epoch) {
                 if !self.portal_effects.is_empty() {
                     self.portal_effects.remove(portal);
                 }
@@ -482,11 +533,11 @@ impl ClientSide {
             return Err(Box::new((unknown_statement(&shown), String::new())));
         }
         for c in &candidates {
-            if c.judged.load(Ordering::Relaxed) == self.epoch(&runtime) {
+            if c.judged.load(Ordering::Relaxed) == epoch {
                 continue;
             }
             match self.judge_statements(&c.statements, &runtime) {
-                Ok(_) => c.judged.store(self.epoch(&runtime), Ordering::Relaxed),
+                Ok(_) => c.judged.store(epoch, Ordering::Relaxed),
                 Err(d) => return Err(Box::new((*d, describe(&c.statements)))),
             }
         }
@@ -557,14 +608,15 @@ impl ClientSide {
         statements: &Arc<Vec<StatementInfo>>,
         runtime: &Runtime,
     ) -> Result<Vec<Effect>, Box<Denial>> {
+        let epoch = self.epoch(runtime);
         let stats = &self.guard.stats;
         let n = statements.len().max(1) as u64;
         stats.statements.fetch_add(n, Ordering::Relaxed);
-        let epoch = self.epoch(runtime);
-        let facts = Facts {
+        let mut facts = Facts {
             role: &self.info.user,
             switches: &runtime.switches,
             catalog: self.catalog.as_deref(),
+            search_path: self.search_path.as_deref().map(Vec::as_slice),
         };
         let remembered = self
             .allowed_memo
@@ -596,13 +648,14 @@ impl ClientSide {
                     stats.count_rejection(&d.rule);
                     return Err(d);
                 }
+                // A later statement of the same text is parsed after this
+                // one has run, which may have changed the search_path.
+                facts.search_path = None;
                 if let Some(p) = &st.prepares {
                     earlier.push((&p.name, &p.body));
                 }
             }
-            if changes_catalog(statements) {
-                self.state.lock().unwrap().catalog_changed = true;
-            }
+            self.ran_ddl |= changes_catalog(statements);
             if !executes {
                 self.allowed_memo[self.memo_next] = Some((statements.clone(), epoch));
                 self.memo_next = (self.memo_next + 1) % MEMO;

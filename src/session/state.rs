@@ -71,6 +71,9 @@ struct Unit {
     swallow: bool,
     open: bool,
     ops: VecDeque<PendingOp>,
+    /// It runs DDL the guard let through: when it is over and the session is
+    /// idle outside a transaction, the catalog is reloaded.
+    ddl: bool,
 }
 
 /// Every version a statement name may stand for on the server.
@@ -103,10 +106,14 @@ pub struct SessionState {
     /// under are ever recorded, since any other ends the session.
     pub client_encoding: String,
     pub standard_conforming_strings: bool,
+    /// The search_path the server last reported (servers that report it:
+    /// ParameterStatus), parsed; None: not reported, or unreadable.
+    pub search_path: Option<Arc<Vec<String>>>,
     /// The database's catalog, if the guard keeps one.
     pub catalog: Option<Arc<crate::catalog::DatabaseCatalog>>,
-    /// DDL was let through since the session was last idle outside a
-    /// transaction: at the next such ReadyForQuery the catalog is reloaded.
+    /// A unit that ran DDL the guard let through has ended since the session
+    /// was last idle outside a transaction: at the next such ReadyForQuery
+    /// the catalog is reloaded.
     pub catalog_changed: bool,
     /// That reload's ticket: the client half waits for it before judging
     /// the session's next statement.
@@ -123,6 +130,7 @@ impl SessionState {
                 swallow: false,
                 open: false,
                 ops: VecDeque::new(),
+                ddl: false,
             }]),
             spare: VecDeque::new(),
             statements: HashMap::new(),
@@ -131,6 +139,7 @@ impl SessionState {
             server_fatal: false,
             client_encoding: String::new(),
             standard_conforming_strings: true,
+            search_path: None,
             catalog: None,
             catalog_changed: false,
             catalog_ticket: None,
@@ -151,6 +160,7 @@ impl SessionState {
                     swallow: false,
                     open: true,
                     ops,
+                    ddl: false,
                 })
             }
         }
@@ -231,6 +241,26 @@ impl SessionState {
         self.close_unit(false);
     }
 
+    /// What the client sent last runs DDL: marks the unit it belongs to (the
+    /// open batch, or a new one for a Query about to be closed by
+    /// `expect_ready`), so that the catalog is reloaded after that unit's
+    /// ReadyForQuery, not an earlier one's.
+    pub fn mark_catalog_change(&mut self) {
+        match self.units.back_mut() {
+            Some(u) if u.open => u.ddl = true,
+            _ => {
+                let ops = std::mem::take(&mut self.spare);
+                self.units.push_back(Unit {
+                    seq: 0,
+                    swallow: false,
+                    open: true,
+                    ops,
+                    ddl: true,
+                })
+            }
+        }
+    }
+
     /// The guard sent a Query of its own: its replies are not relayed.
     pub fn expect_swallowed_ready(&mut self) {
         self.close_unit(true);
@@ -248,6 +278,7 @@ impl SessionState {
                 swallow,
                 open: false,
                 ops: VecDeque::new(),
+                ddl: false,
             }),
         }
     }
@@ -276,6 +307,7 @@ impl SessionState {
                 swallow: false,
                 open: true,
                 ops,
+                ddl: false,
             });
         }
     }
@@ -304,6 +336,12 @@ impl SessionState {
                 self.standard_conforming_strings =
                     crate::classify::reading::is_on(&String::from_utf8_lossy(value));
             }
+            b"search_path" => {
+                self.search_path = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(crate::catalog::parse_search_path)
+                    .map(Arc::new);
+            }
             _ => {}
         }
     }
@@ -313,6 +351,9 @@ impl SessionState {
     pub fn on_ready(&mut self, status: u8) {
         self.authenticated = true;
         self.status = status;
+        if let Some(u) = self.units.front() {
+            self.catalog_changed |= u.ddl && !u.open;
+        }
         if status == b'I' && self.catalog_changed {
             // The DDL has committed (or rolled back): what it did is in the
             // catalog the guard's own connection reads.
