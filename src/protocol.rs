@@ -59,7 +59,10 @@ impl Startup {
     }
     /// The database, which defaults to the user name as in PostgreSQL.
     pub fn database(&self) -> &str {
-        self.param("database").unwrap_or_else(|| self.user())
+        // As PostgreSQL: no database, or an empty one, means the user's name.
+        self.param("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| self.user())
     }
 }
 
@@ -434,6 +437,23 @@ mod tests {
                 assert_eq!(&s.raw[..], &msg[..]);
             }
             _ => panic!("not a startup packet"),
+        }
+    }
+
+    /// As PostgreSQL: an empty database name means the user's (the catalog
+    /// of the right database is judged against).
+    #[tokio::test]
+    async fn an_empty_database_is_the_users() {
+        for params in [
+            &[("user", "app"), ("database", "")][..],
+            &[("user", "app")][..],
+        ] {
+            let msg = startup_message(params);
+            let mut r = &msg[..];
+            match read_first_packet(&mut r).await.unwrap() {
+                Some(FirstPacket::Startup(s)) => assert_eq!(s.database(), "app"),
+                _ => panic!("not a startup packet"),
+            }
         }
     }
 

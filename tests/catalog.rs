@@ -13,13 +13,14 @@ fn policy() -> String {
     SHIPPED_POLICY
         .replace(
             r#"tables = ["users", "transactions", "user_assessments"]"#,
-            r#"tables = ["users", "transactions", "user_assessments", "audit_events", "ledger_old"]"#,
+            r#"tables = ["users", "transactions", "user_assessments", "audit_events", "ledger_old", "legacy_child", "legacy_report"]"#,
         )
         .replace(
             r#"tables = ["entitlements", "commission_rules", "product_sku_map"]"#,
             r#"tables = ["entitlements", "commission_rules", "product_sku_map", "ledger", "scratch_*"]
 schemas = ["sandbox"]"#,
         )
+        + "\n[roles.app]\nother_ddl = true\n"
 }
 
 /// Objects made directly (not through the guard), before the guard starts.
@@ -40,6 +41,15 @@ CREATE INDEX transactions_user_id ON sandbox.t (id);
 CREATE TABLE rule_src (id int);
 CREATE RULE rule_src_copy AS ON INSERT TO rule_src DO ALSO INSERT INTO users (email) VALUES ('rule-' || new.id);
 CREATE SEQUENCE free_seq;
+CREATE TABLE scratch_parent (id int PRIMARY KEY);
+CREATE TABLE legacy_child (id int REFERENCES scratch_parent (id));
+CREATE VIEW no_base_v AS SELECT 1 AS x;
+CREATE TABLE scratch_src (id int PRIMARY KEY, note text);
+CREATE VIEW legacy_report AS SELECT id FROM scratch_src;
+CREATE TABLE scratch_free (id int PRIMARY KEY, note text);
+CREATE SCHEMA sandbox2;
+CREATE TABLE sandbox2.t2 (id int REFERENCES users (id));
+CREATE RULE no_base_v_ins AS ON INSERT TO no_base_v DO INSTEAD NOTHING;
 ";
 
 const CASES: &[(&str, &str)] = &[
@@ -88,6 +98,21 @@ const CASES: &[(&str, &str)] = &[
     ("INSERT INTO scratch_notes (note) VALUES ('x')", "allow"),
     ("DROP INDEX scratch_notes_note", "allow"),
     ("INSERT INTO sandbox.t VALUES (1)", "allow"),
+    // TRUNCATE reaches the tables that reference the table (CASCADE).
+    ("TRUNCATE scratch_parent CASCADE", "deny"),
+    ("TRUNCATE scratch_notes", "allow"),
+    // DROP ... CASCADE reaches the views over the table and the tables
+    // whose foreign keys point at it.
+    ("DROP TABLE scratch_src CASCADE", "deny"),
+    ("ALTER TABLE scratch_src DROP COLUMN id CASCADE", "deny"),
+    ("ALTER TABLE scratch_parent DROP CONSTRAINT scratch_parent_pkey CASCADE", "deny"),
+    ("ALTER TABLE scratch_free DROP COLUMN note CASCADE", "allow"),
+    ("DROP TABLE scratch_free CASCADE", "allow"),
+    // DROP SCHEMA ... CASCADE drops every relation in it.
+    ("DROP SCHEMA sandbox2 CASCADE", "deny"),
+    ("DROP SCHEMA sandbox CASCADE", "allow"),
+    // A view that reads no relation is judged as itself (unlisted).
+    ("INSERT INTO no_base_v VALUES (1)", "deny"),
     // Foreign keys to the legacy zone are references, allowed.
     ("ALTER TABLE entitlements ADD CONSTRAINT ent_user_fk2 FOREIGN KEY (user_id) REFERENCES users (id)", "allow"),
     ("CREATE TABLE scratch_refs (id int REFERENCES transactions (id))", "allow"),
@@ -264,6 +289,8 @@ allow = ["all"]
         parents: Vec::new(),
         children: Vec::new(),
         reads: Vec::new(),
+        referenced_by: Vec::new(),
+        read_by: Vec::new(),
         rules: Vec::new(),
     };
     let catalog = Catalog::new(vec![obj("legacy", "users"), obj("app", "users")]);
@@ -295,4 +322,39 @@ allow = ["all"]
         verdict("UPDATE legacy.users SET email = email", Some(&["app"])),
         "deny"
     );
+}
+
+/// Only authenticated sessions make the guard keep a database's catalog:
+/// startup packets naming databases that do not exist (the server refuses
+/// them) leave no catalog, connection or task behind.
+#[tokio::test]
+async fn unauthenticated_sessions_leave_no_catalog() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    for i in 0..80 {
+        let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        let pkt = zoneguard::protocol::startup_message(&[
+            ("user", "app"),
+            ("database", &format!("no_such_db_{i}")),
+        ]);
+        s.write_all(&pkt).await.unwrap();
+        // Then a Query, as a client that does not wait would send.
+        s.write_all(&msg(b'Q', b"SELECT 1\0")).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        assert!(
+            buf.windows(5).any(|w| w == b"3D000"),
+            "the server refuses the database"
+        );
+    }
+    assert!(
+        g.guard.catalogs.all().is_empty(),
+        "catalogs kept for unauthenticated sessions: {:?}",
+        g.guard.catalogs.all()
+    );
+    // An authenticated session gets its database's catalog.
+    let db = fresh_db();
+    let app = g.connect("app", &db).await;
+    app.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(g.guard.catalogs.all().len(), 1);
 }

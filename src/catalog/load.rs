@@ -162,6 +162,22 @@ async fn read(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
         objects[child as usize].parents.push(parent);
         objects[parent as usize].children.push(child);
     }
+    // Foreign keys: the referencing table, for TRUNCATE of the referenced.
+    for (referencing, referenced) in pairs(
+        client
+            .query(
+                "SELECT conrelid::int8, confrelid::int8 FROM pg_constraint WHERE contype = 'f'",
+                &[],
+            )
+            .await?,
+    ) {
+        if !objects[referenced as usize]
+            .referenced_by
+            .contains(&referencing)
+        {
+            objects[referenced as usize].referenced_by.push(referencing);
+        }
+    }
     // What a view's query names (its _RETURN rule's dependencies).
     for (view, rel) in pairs(
         client
@@ -175,6 +191,7 @@ async fn read(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
             .await?,
     ) {
         objects[view as usize].reads.push(rel);
+        objects[rel as usize].read_by.push(view);
     }
     // Other rules: what their actions do, classified like any statement.
     for r in client
@@ -225,6 +242,8 @@ fn object(schema: &str, name: &str, kind: Kind) -> Object {
         parents: Vec::new(),
         children: Vec::new(),
         reads: Vec::new(),
+        referenced_by: Vec::new(),
+        read_by: Vec::new(),
         rules: Vec::new(),
     }
 }

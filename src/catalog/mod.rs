@@ -19,8 +19,9 @@
 //!   parents' (partition, inheritance child).
 //! - A change to a relation reaches its partitions and inheritance children
 //!   (the guard ignores ONLY: over-approximating is fail-closed), a write or
-//!   lock through a view reaches what the view reads, and a write to a
-//!   relation with rules also runs the rules' actions.
+//!   lock through a view reaches what the view reads, a TRUNCATE reaches the
+//!   tables that reference the table, and a write to a relation with rules
+//!   also runs the rules' actions.
 //! - A name the catalog does not know (not loaded yet, created since the
 //!   last refresh, or a typo) is judged by its spelling, as without a
 //!   catalog: conservatively.
@@ -120,6 +121,12 @@ pub struct Object {
     pub children: Vec<ObjectId>,
     /// For a view: the relations its query names.
     pub reads: Vec<ObjectId>,
+    /// Tables with a foreign key to this one: TRUNCATE reaches them (it
+    /// fails without CASCADE unless they are truncated too), and so does a
+    /// DROP ... CASCADE (it drops their foreign keys).
+    pub referenced_by: Vec<ObjectId>,
+    /// Views whose query names this relation: DROP ... CASCADE drops them.
+    pub read_by: Vec<ObjectId>,
     /// Rules other than a view's `_RETURN`: the event they fire on (insert,
     /// update, delete) and what their actions access.
     pub rules: Vec<(Op, Vec<TableAccess>)>,
@@ -290,10 +297,14 @@ impl Catalog {
     /// The objects an access of kind `op` to object `id` reaches, with the
     /// op each is reached with: the object itself, its partitions and
     /// inheritance children (every op: a change to a parent changes them, a
-    /// read reads them), and for a write or lock through a view, what the
-    /// view reads (recursively). Rules are not followed here: their actions
+    /// read reads them), for a write or lock through a view, what the view
+    /// reads (recursively), and for TRUNCATE, the tables whose foreign keys
+    /// point at it (TRUNCATE ... CASCADE empties them; without CASCADE it
+    /// fails unless they are truncated too). With `cascade` (DDL that drops
+    /// dependents: DROP ... CASCADE, ALTER TABLE DROP ... CASCADE), also the
+    /// views over it and the tables whose foreign keys point at it. Rules are not followed here: their actions
     /// are accesses of their own ([`Object::rules`]).
-    pub fn reach(&self, id: ObjectId, op: Op) -> Vec<ObjectId> {
+    pub fn reach(&self, id: ObjectId, op: Op, cascade: bool) -> Vec<ObjectId> {
         let mut out = vec![id];
         let mut seen = std::collections::HashSet::from([id]);
         let mut i = 0;
@@ -304,7 +315,13 @@ impl Catalog {
             let next = o
                 .children
                 .iter()
-                .chain(if through_view { &o.reads[..] } else { &[] });
+                .chain(if through_view { &o.reads[..] } else { &[] })
+                .chain(if op == Op::Truncate || cascade {
+                    &o.referenced_by[..]
+                } else {
+                    &[]
+                })
+                .chain(if cascade { &o.read_by[..] } else { &[] });
             for &n in next {
                 if seen.insert(n) {
                     out.push(n);
@@ -357,6 +374,8 @@ mod tests {
             parents: Vec::new(),
             children: Vec::new(),
             reads: Vec::new(),
+            referenced_by: Vec::new(),
+            read_by: Vec::new(),
             rules: Vec::new(),
         }
     }

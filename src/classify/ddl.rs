@@ -4,7 +4,7 @@
 
 use sqlparser::ast::{
     AlterTableOperation, ColumnDef, ColumnOption, CommentObject, CreateTable, CreateTableLikeKind,
-    CreateView, Expr, ForeignKeyConstraint, GrantObjects, ObjectName, ObjectType,
+    CreateView, DropBehavior, Expr, ForeignKeyConstraint, GrantObjects, ObjectName, ObjectType,
     RenameTableNameKind, SequenceOptions, Set, Statement, TableConstraint, Value,
 };
 
@@ -182,6 +182,18 @@ impl Walker {
                     }
                     _ => self.unparsed("ALTER TABLE RENAME target not understood"),
                 }
+            }
+            AlterTableOperation::DropColumn {
+                drop_behavior: Some(DropBehavior::Cascade),
+                ..
+            }
+            | AlterTableOperation::DropConstraint {
+                drop_behavior: Some(DropBehavior::Cascade),
+                ..
+            } => {
+                // What depends on the column or constraint goes too: views,
+                // other tables' foreign keys (see `catalog::reach`).
+                self.target(Op::Ddl, table, "ALTER TABLE DROP ... CASCADE");
             }
             AlterTableOperation::AddConstraint { constraint, .. } => {
                 self.nested(constraint);

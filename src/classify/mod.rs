@@ -108,6 +108,10 @@ pub enum Special {
     OtherDdl { operation: String },
     /// `EXECUTE name`: the verdict depends on what `PREPARE name` held.
     ExecutePrepared { name: String },
+    /// `DROP SCHEMA name CASCADE`: drops every relation in the schema, so it
+    /// is judged as DDL on each of them (through the catalog; without one
+    /// the guard cannot see what the schema holds).
+    DropSchemaCascade { schema: String },
     /// The statement could not be parsed (or not fully understood), so its
     /// tables are not known. `may_write` is true when anything in it could
     /// write (a write keyword outside strings and comments, a tokenizer

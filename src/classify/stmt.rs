@@ -2,7 +2,7 @@
 //! utility commands), failing closed on any statement type not listed here.
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, CreateRuleAction, Expr, LockTableMode, Statement, Value,
+    CopySource, CopyTarget, CreateRuleAction, Expr, LockTableMode, ObjectType, Statement, Value,
 };
 
 use super::ddl::{object_is_relation, other_ddl_name};
@@ -299,18 +299,38 @@ impl Walker {
                 object_type,
                 names,
                 table,
+                cascade,
                 ..
             } => {
-                let op = format!("DROP {object_type}");
+                // CASCADE also drops what depends on the object (views over
+                // it, other tables' foreign keys): see `catalog::reach`.
+                let tag = format!("DROP {object_type}");
+                let op = if *cascade {
+                    format!("{tag} CASCADE")
+                } else {
+                    tag.clone()
+                };
                 if object_is_relation(object_type) {
                     self.ddl_all(names, &op);
                     if let Some(t) = table {
                         self.target(Op::Ddl, t, &op);
                     }
                 } else {
-                    self.other_ddl(&op);
+                    self.other_ddl(&tag);
+                    if *cascade && matches!(object_type, ObjectType::Schema) {
+                        for n in names {
+                            match name_parts(n).as_deref() {
+                                Some([.., schema]) => {
+                                    self.specials.push(Special::DropSchemaCascade {
+                                        schema: schema.clone(),
+                                    })
+                                }
+                                _ => self.unparsed("DROP SCHEMA name not understood"),
+                            }
+                        }
+                    }
                 }
-                op
+                tag
             }
             Statement::CreateSequence {
                 name,

@@ -114,6 +114,7 @@ impl Policy {
                     )),
                 },
                 Special::UnreadableSetting { setting, value } => Some(setting_denial(setting, value)),
+                Special::DropSchemaCascade { schema } => self.judge_schema_drop(schema, facts),
                 Special::Unparsed { may_write: true, reason } => Some(option_denial(
                     &stmt.command,
                     "unparsed",
@@ -173,13 +174,17 @@ impl Policy {
             });
         };
         for id in candidates {
-            for reached in cat.reach(id, access.op) {
+            let cascade = access.op == Op::Ddl && access.operation.ends_with("CASCADE");
+            for reached in cat.reach(id, access.op, cascade) {
                 let object = cat.object(reached);
                 // A write or lock through a view the policy does not list is
                 // judged on what the view reads (reached next), not on the
-                // view's own `unlisted` zone.
+                // view's own `unlisted` zone; a view that reads no relation
+                // (its writes go to INSTEAD rules or triggers) is judged as
+                // itself.
                 let through_view = object.kind == catalog::Kind::View
                     && matches!(access.op, Op::Insert | Op::Update | Op::Delete | Op::Lock)
+                    && !object.reads.is_empty()
                     && !self.listed(&object.name);
                 let zones = if through_view {
                     Vec::new()
@@ -218,6 +223,31 @@ impl Policy {
             }
         }
         None
+    }
+
+    /// `DROP SCHEMA s CASCADE` drops every relation in `s`: judged as DDL on
+    /// each (with what depends on them). Without a catalog the guard cannot
+    /// see what the schema holds, and refuses.
+    fn judge_schema_drop(&self, schema: &str, facts: Facts<'_>) -> Option<Denial> {
+        let Some(cat) = facts.catalog else {
+            return Some(option_denial(
+                "DROP SCHEMA",
+                "catalog",
+                &format!("DROP SCHEMA {schema} CASCADE is not allowed: without the database's catalog zoneguard cannot see which tables it would drop"),
+                "Drop the schema's tables one by one, or check the [catalog] settings in policy.toml (SHOW CATALOGS on the admin console).",
+            ));
+        };
+        cat.objects
+            .iter()
+            .filter(|o| o.name.schema.as_deref() == Some(schema))
+            .find_map(|o| {
+                let access = TableAccess {
+                    op: Op::Ddl,
+                    table: o.name.clone(),
+                    operation: "DROP SCHEMA CASCADE".to_owned(),
+                };
+                self.judge_access(&access, facts, 0)
+            })
     }
 
     /// The zones of a catalog object, each with the object that placed it

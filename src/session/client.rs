@@ -68,6 +68,8 @@ pub(crate) struct ClientSide {
     catalog: Option<Arc<crate::catalog::Catalog>>,
     /// The first catalog load was waited for.
     catalog_waited: bool,
+    /// The database's catalog was asked for (after authentication).
+    catalog_asked: bool,
     /// The search_path the current message's first statement is judged
     /// under (see `refresh_catalog`).
     search_path: Option<Arc<Vec<String>>>,
@@ -134,6 +136,7 @@ impl ClientSide {
             allowed_memo: Default::default(),
             catalog: None,
             catalog_waited: false,
+            catalog_asked: false,
             search_path: None,
             ran_ddl: false,
             epoch: 1,
@@ -334,6 +337,12 @@ impl ClientSide {
     async fn refresh_catalog(&mut self) {
         let (db, ticket) = {
             let mut st = self.state.lock().unwrap();
+            // Only a client the server has authenticated makes the guard
+            // keep a database's catalog (and open a connection for it).
+            if !self.catalog_asked && st.authenticated {
+                self.catalog_asked = true;
+                st.catalog = self.guard.catalogs.database(&self.info.database);
+            }
             (st.catalog.clone(), st.catalog_ticket.take())
         };
         // The reported search_path holds for the next statement only if

@@ -261,9 +261,7 @@ async fn relay_halves<CR, CW, UR, UW>(
     UR: AsyncRead + Unpin,
     UW: AsyncWrite + Unpin,
 {
-    let mut session = state::SessionState::new(&guard.nonce);
-    session.catalog = guard.catalogs.database(&info.database);
-    let state = Arc::new(Mutex::new(session));
+    let state = Arc::new(Mutex::new(state::SessionState::new(&guard.nonce)));
     let ready = Arc::new(Notify::new());
     let (fatal_tx, fatal_rx) = oneshot::channel::<Bytes>();
     let mut c2s = client::ClientSide::new(guard.clone(), info, state.clone(), ready.clone());
