@@ -32,7 +32,7 @@ pub struct BackfillArgs {
     #[arg(long, default_value = "examples/sku_mapping.csv")]
     pub mapping: PathBuf,
     /// Start of the paid_at window (inclusive), any PostgreSQL timestamptz
-    /// text; without an offset it is read in the session's time zone.
+    /// text; without an offset it is read in --time-zone.
     #[arg(long, default_value = "2023-01-01")]
     pub from: String,
     /// End of the paid_at window (exclusive).
@@ -55,6 +55,27 @@ pub struct BackfillArgs {
     /// Seconds to wait for the connection.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// The time zone --from/--to are read in (e.g. UTC, Asia/Jakarta);
+    /// default: the database's TimeZone. Printed in the report.
+    #[arg(long)]
+    pub time_zone: Option<String>,
+    /// Also write the report as JSON to this file (a stable document for
+    /// runbooks and auditors).
+    #[arg(long, value_name = "FILE")]
+    pub report_json: Option<PathBuf>,
+    /// Read at most this many transactions per second (waits between
+    /// batches; pair with a small --batch-size for a smooth rate).
+    #[arg(long, value_name = "N")]
+    pub max_rows_per_sec: Option<f64>,
+    /// Pause before each batch while a replica's replay lag (from
+    /// pg_stat_replication) exceeds this many seconds; no replicas, no
+    /// pause. The role needs pg_monitor to see the lag.
+    #[arg(long, value_name = "SECS")]
+    pub max_replica_lag: Option<f64>,
+    /// Seconds between progress lines when standard output is not a
+    /// terminal (0: after every batch).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub progress_every: f64,
 }
 
 /// `zoneguard gen-legacy`.
@@ -87,6 +108,7 @@ pub struct BenchBackfillArgs {
 /// prints the report.
 pub async fn backfill_command(args: BackfillArgs) -> anyhow::Result<()> {
     let mapping = Mapping::load(&args.mapping)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let opts = Options {
         database_url: args.database_url,
         mapping,
@@ -97,9 +119,36 @@ pub async fn backfill_command(args: BackfillArgs) -> anyhow::Result<()> {
         ensure_schema: args.ensure_schema,
         quiet: args.quiet,
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        time_zone: args.time_zone,
+        max_rows_per_sec: args.max_rows_per_sec,
+        max_replica_lag: match args.max_replica_lag {
+            Some(s) if !(s.is_finite() && s >= 0.0) => {
+                anyhow::bail!("--max-replica-lag must be a number of seconds, at least 0")
+            }
+            s => s.map(Duration::from_secs_f64),
+        },
+        stop: Some(stop.clone()),
+        progress_every: Duration::from_secs_f64(args.progress_every.max(0.0)),
     };
+    // Ctrl-C: stop after the current batch (a second one ends at once).
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once; what is committed stays)");
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
     let report = run::run(&opts).await?;
     print!("{report}");
+    if let Some(path) = &args.report_json {
+        std::fs::write(path, report.to_json())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    if report.interrupted {
+        std::process::exit(130);
+    }
     Ok(())
 }
 

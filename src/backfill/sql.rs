@@ -3,20 +3,37 @@
 //! new-zone schema `--ensure-schema` applies. Nothing here names a legacy
 //! table in a write position, so it all passes the shipped policy.
 
+/// The seed's rule: answers present -> COMPLETED; "empty or not tested yet"
+/// -> ACTIVE. An assessment has answers unless its `answers` is SQL NULL or,
+/// read as text (so it holds for jsonb, json and text columns alike), is
+/// empty or only whitespace, JSON `null`, an empty object `{}`, an empty
+/// array `[]` or a string of only whitespace `"  "` (whitespace allowed
+/// around and inside the brackets; `null` in any case). Anything else, e.g.
+/// `{"q1": null}` or `[0]`, is answers.
+pub const HAS_ANSWERS: &str =
+    r#"a.answers IS NOT NULL AND a.answers::text !~* '^\s*(\{\s*\}|\[\s*\]|null|"\s*"|)\s*$'"#;
+
 /// Parameters shared by the batch statements: $1 last transaction id done
 /// (keyset), $2/$3 the half-open paid_at window (text, cast by PostgreSQL),
-/// $4 batch size, $5/$6 the mapping as parallel `text[]` (product_id, sku).
+/// $4 batch size, $5/$6 the mapping as parallel `text[]` (product_id, sku),
+/// $7 the run's bound: the highest transaction id when it started (rows
+/// added during the run are left for the next one).
 ///
 /// Result rows: (kind, key, status, n, last_id) where kind is
 /// `batch` (n = transactions scanned, last_id = highest id in the batch),
 /// `want` (entitlements the batch should have, per sku and status),
 /// `made` (rows this statement inserted, per sku and status),
 /// `unmapped` (transactions per product with no mapping).
+fn batch_source() -> String {
+    BATCH_SOURCE.replace("{HAS_ANSWERS}", HAS_ANSWERS)
+}
+
 const BATCH_SOURCE: &str = "
 WITH b AS MATERIALIZED (
     SELECT t.id, t.user_id, t.product_id
     FROM transactions t
     WHERE t.id > $1
+      AND t.id <= $7
       AND t.status = 'PAID'
       AND t.paid_at >= $2::text::timestamptz
       AND t.paid_at < $3::text::timestamptz
@@ -30,7 +47,7 @@ WITH b AS MATERIALIZED (
                     SELECT 1 FROM user_assessments a
                     WHERE a.user_id = b.user_id
                       AND a.product_id = b.product_id
-                      AND a.answers IS NOT NULL)
+                      AND {HAS_ANSWERS})
                 THEN 'COMPLETED' ELSE 'ACTIVE' END AS status
     FROM b JOIN m ON m.product_id = b.product_id
 )";
@@ -49,7 +66,7 @@ SELECT 'want', sku, status, count(*)::bigint, NULL FROM src GROUP BY sku, status
 /// index on (source_trx_id, sku).
 pub fn batch_write() -> String {
     format!(
-        "{BATCH_SOURCE}, ins AS (
+        "{}, ins AS (
     INSERT INTO entitlements (user_id, source_trx_id, sku, status)
     SELECT user_id, source_trx_id, sku, status FROM src
     ORDER BY source_trx_id, sku
@@ -57,7 +74,8 @@ pub fn batch_write() -> String {
     RETURNING sku, status
 ){BATCH_SUMMARY}
 UNION ALL
-SELECT 'made', sku, status, count(*)::bigint, NULL FROM ins GROUP BY sku, status"
+SELECT 'made', sku, status, count(*)::bigint, NULL FROM ins GROUP BY sku, status",
+        batch_source()
     )
 }
 
@@ -65,12 +83,13 @@ SELECT 'made', sku, status, count(*)::bigint, NULL FROM ins GROUP BY sku, status
 /// inserted, i.e. the wanted rows not already present.
 pub fn batch_dry_run() -> String {
     format!(
-        "{BATCH_SOURCE}{BATCH_SUMMARY}
+        "{}{BATCH_SUMMARY}
 UNION ALL
 SELECT 'made', sku, status, count(*)::bigint, NULL FROM src
 WHERE NOT EXISTS (SELECT 1 FROM entitlements e
                   WHERE e.source_trx_id = src.source_trx_id AND e.sku = src.sku)
-GROUP BY sku, status"
+GROUP BY sku, status",
+        batch_source()
     )
 }
 
@@ -80,9 +99,45 @@ pub const PREFLIGHT_WINDOW: &str = "
 SELECT $1::text::timestamptz::text, $2::text::timestamptz::text,
        $1::text::timestamptz < $2::text::timestamptz";
 
-pub const COUNT_CANDIDATES: &str = "
-SELECT count(*)::bigint, coalesce(max(id), 0)::bigint FROM transactions
-WHERE status = 'PAID' AND paid_at >= $1::text::timestamptz AND paid_at < $2::text::timestamptz";
+/// The run's bound: the highest transaction id when it starts. Taken before
+/// anything else, so the report and the batches see the same rows.
+pub const BOUND: &str = "SELECT coalesce(max(id), 0)::bigint FROM transactions";
+
+/// Sizes the work and says what is left out, and why, for transactions up
+/// to the bound ($3): rows (reason, key, n, first ids). Reasons, each
+/// transaction counted once, in this order: `status` (not exactly 'PAID';
+/// key: the status, NULL shown as such), `no_paid_at` (PAID with no
+/// paid_at), `before_window` / `after_window`, `unmapped` (key: the
+/// product), and `candidate` (what the batches will read; the first id is
+/// its lowest). $1/$2 the window, $4 the mapping's product ids.
+pub const EXCLUSIONS: &str = "
+WITH t AS (
+    SELECT id, CASE
+        WHEN status IS DISTINCT FROM 'PAID' THEN 'status'
+        WHEN paid_at IS NULL THEN 'no_paid_at'
+        WHEN paid_at < $1::text::timestamptz THEN 'before_window'
+        WHEN paid_at >= $2::text::timestamptz THEN 'after_window'
+        WHEN product_id IS NULL OR product_id <> ALL ($4::text[]) THEN 'unmapped'
+        ELSE 'candidate' END AS reason,
+        CASE WHEN status IS DISTINCT FROM 'PAID' THEN status
+             WHEN paid_at IS NOT NULL AND paid_at >= $1::text::timestamptz
+                  AND paid_at < $2::text::timestamptz
+                  AND (product_id IS NULL OR product_id <> ALL ($4::text[])) THEN product_id
+        END AS key
+    FROM transactions WHERE id <= $3
+)
+SELECT reason, key, count(*)::bigint,
+       coalesce((array_agg(id ORDER BY id) FILTER (WHERE reason <> 'candidate'))[1:3], '{}')
+FROM t GROUP BY reason, key ORDER BY reason, key";
+
+/// The replicas' replay lag in seconds (0 with no replicas), how many
+/// replicas there are, and whether this role may see their lag (others see
+/// NULL): superusers and members of pg_read_all_stats (pg_monitor).
+pub const REPLICA_LAG: &str = "
+SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8, count(*)::bigint,
+       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+FROM pg_stat_replication";
 
 /// Whether `entitlements` exists and has a unique index on exactly
 /// (source_trx_id, sku), which ON CONFLICT needs.
