@@ -181,6 +181,79 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts a streaming replica of this cluster (pg_basebackup -R) on a
+    /// port of its own, for tests of replication-aware behaviour. It reports
+    /// its progress every second, so the primary's replay_lag is current.
+    pub fn start_standby(&self) -> Result<Cluster, ClusterError> {
+        let dir = tempfile::Builder::new()
+            .prefix("zoneguard-standby-")
+            .tempdir()?;
+        if let Some(user) = &self.run_as {
+            let st = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:"))
+                .arg(dir.path())
+                .status()?;
+            if !st.success() {
+                return Err(ClusterError::Command {
+                    what: "chown".into(),
+                    detail: format!("{st}"),
+                });
+            }
+        }
+        let mut standby = Cluster {
+            bin: self.bin.clone(),
+            port: 0,
+            run_as: self.run_as.clone(),
+            watchdog: None,
+            dir,
+        };
+        let data = standby.data_dir();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        )?;
+        let port = free_port()?;
+        let opts = format!(
+            // A hot standby needs at least the primary's connection limits.
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c hot_standby=on -c wal_receiver_status_interval=1 -c max_connections=700 -c max_prepared_transactions=10",
+            standby.dir.path().display()
+        );
+        let log = standby.dir.path().join("postgres.log");
+        standby.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )?;
+        standby.port = port;
+        standby.watchdog = standby.spawn_watchdog().ok();
+        Ok(standby)
+    }
+
     /// A process that stops the cluster when this process dies, even on a
     /// panic or abort, so no server outlives its test binary. It runs in a
     /// process group of its own, so that a signal to ours (Ctrl-C, `timeout`)

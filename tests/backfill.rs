@@ -255,7 +255,11 @@ async fn ensure_schema_creates_the_new_zone_through_the_guard() {
 const EXPECTED_SET: &str = "
 SELECT t.id AS source_trx_id, t.user_id, m.sku,
        CASE WHEN EXISTS (SELECT 1 FROM user_assessments a WHERE a.user_id = t.user_id
-                         AND a.product_id = t.product_id AND a.answers IS NOT NULL)
+                         AND a.product_id = t.product_id AND a.answers IS NOT NULL
+                         AND jsonb_typeof(a.answers) <> 'null'
+                         AND a.answers NOT IN ('{}'::jsonb, '[]'::jsonb)
+                         AND NOT (jsonb_typeof(a.answers) = 'string'
+                                  AND btrim(a.answers #>> '{}') = ''))
             THEN 'COMPLETED' ELSE 'ACTIVE' END AS status
 FROM transactions t
 JOIN (VALUES ('TALENT-BASIC', 'ASSESS-BASIC'), ('TALENT-PRO', 'ASSESS-PRO'),
@@ -700,5 +704,99 @@ async fn ctrl_c_stops_after_the_batch_and_the_rerun_resumes() {
     assert!(partial < SAMPLE_EXPECTED.len(), "{partial}\n{text}");
     let out = cli(&args).await;
     assert!(out.status.success());
+    assert_eq!(entitlements(&d).await, expected());
+}
+
+/// With a real streaming replica whose replay is paused, the run pauses
+/// while the lag is above --max-replica-lag, goes on once the replica
+/// catches up, and reports the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_lag_pauses_the_run() {
+    use zoneguard::cluster::Cluster;
+    let primary = tokio::task::spawn_blocking(|| {
+        let c = Cluster::start().expect("primary");
+        c.create_seeded_db("shop").unwrap();
+        c
+    })
+    .await
+    .unwrap();
+    let standby = primary.start_standby().expect("standby");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let until = |sql: &'static str, want: &'static str| {
+        let primary = &primary;
+        async move {
+            loop {
+                let got = primary.psql("postgres", sql).unwrap();
+                if got.trim() == want {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{sql}: {got}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    until(
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        "1",
+    )
+    .await;
+    standby
+        .psql("postgres", "SELECT pg_wal_replay_pause()")
+        .unwrap();
+    primary
+        .psql(
+            "postgres",
+            "CREATE TABLE lag_maker AS SELECT generate_series(1, 1000) g",
+        )
+        .unwrap();
+    until(
+        "SELECT bool_or(replay_lag > interval '1.5 s') FROM pg_stat_replication",
+        "t",
+    )
+    .await;
+
+    let g = TestGuard::start_with_upstream(SHIPPED_POLICY, &primary.addr()).await;
+    let url = g.url("app", "shop");
+    let mapping = shipped_mapping_path();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zoneguard"))
+        .args([
+            "backfill",
+            "--database-url",
+            &url,
+            "--mapping",
+            mapping.to_str().unwrap(),
+            "--max-replica-lag",
+            "1",
+        ])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut errs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    loop {
+        let line = errs.next_line().await.unwrap().expect("the run pauses");
+        let paused = line.contains("replica lag above --max-replica-lag");
+        log.push(line);
+        if paused {
+            break;
+        }
+    }
+    // Nothing is written while paused.
+    let d = tokio_postgres::connect(&primary.url("postgres", "shop"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(d.1);
+    let d = d.0;
+    assert_eq!(count(&d, "SELECT count(*) FROM entitlements").await, 0);
+    standby
+        .psql("postgres", "SELECT pg_wal_replay_resume()")
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{log:#?}");
+    assert!(stdout.contains("1 pauses"), "{stdout}");
     assert_eq!(entitlements(&d).await, expected());
 }

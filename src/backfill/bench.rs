@@ -21,12 +21,16 @@ const SHIPPED_POLICY: &str = include_str!("../../policy.toml");
 pub const EXAMPLE_MAPPING: &str = include_str!("../../examples/sku_mapping.csv");
 
 /// The floor: the same result in one statement, no guard, no batches.
+fn direct() -> String {
+    DIRECT.replace("{HAS_ANSWERS}", super::sql::HAS_ANSWERS)
+}
+
 const DIRECT: &str = "
 INSERT INTO entitlements (user_id, source_trx_id, sku, status)
 SELECT t.user_id, t.id, m.sku,
        CASE WHEN EXISTS (SELECT 1 FROM user_assessments a
                          WHERE a.user_id = t.user_id AND a.product_id = t.product_id
-                           AND a.answers IS NOT NULL)
+                           AND {HAS_ANSWERS})
             THEN 'COMPLETED' ELSE 'ACTIVE' END
 FROM transactions t
 JOIN unnest($1::text[], $2::text[]) AS m(product_id, sku) ON m.product_id = t.product_id
@@ -94,7 +98,7 @@ pub async fn bench(o: &BenchOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", pg_error(&e)))?;
     let t = Instant::now();
     let n = c
-        .execute(DIRECT, &[&mapping.product_ids(), &mapping.skus()])
+        .execute(&direct(), &[&mapping.product_ids(), &mapping.skus()])
         .await
         .map_err(|e| anyhow::anyhow!("direct INSERT ... SELECT: {}", pg_error(&e)))?;
     let floor = t.elapsed();

@@ -56,13 +56,18 @@ SELECT $1::bigint + (g * 7919) % $2::bigint,
                  + ((g * 104729) % (4 * 365 * 86400)) * interval '1 second' END
 FROM generate_series($3::bigint, $4::bigint) g";
 
-/// A third of the new users took a test for one product; one in five of
-/// those left no answers (answers NULL).
+/// A third of the new users took a test for one product; some of those
+/// left no answers: NULL (one in five), or empty (`{}`, `[]`, JSON null),
+/// which the backfill counts as not tested.
 const ASSESSMENTS: &str = "
 INSERT INTO user_assessments (user_id, product_id, answers, completed_at)
 SELECT u,
        (ARRAY['TALENT-BASIC','TALENT-PRO','TALENT-BUNDLE'])[1 + u % 3],
-       CASE WHEN u % 5 = 0 THEN NULL ELSE '{\"q1\": \"a\"}'::jsonb END,
+       CASE WHEN u % 5 = 0 THEN NULL
+            WHEN u % 7 = 0 THEN '{}'::jsonb
+            WHEN u % 11 = 0 THEN '[]'::jsonb
+            WHEN u % 13 = 0 THEN 'null'::jsonb
+            ELSE '{\"q1\": \"a\"}'::jsonb END,
        timestamptz '2024-01-01 00:00+00'
 FROM generate_series($1::bigint, $2::bigint) u
 WHERE u % 3 = 0";

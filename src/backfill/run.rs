@@ -231,30 +231,36 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         bound,
         ..Report::default()
     };
-    let mut total = 0u64;
-    for row in client
-        .query(sql::EXCLUSIONS, &[&opts.from, &opts.to, &bound, &products])
+    // What is left out, and why: one pass over the transactions, on a
+    // second connection while the batches run (it reads; the window is read
+    // in the same time zone).
+    let exclusions = {
+        let other = connect(
+            &opts.database_url,
+            opts.connect_timeout,
+            "zoneguard-backfill-report",
+        )
+        .await?;
+        other
+            .query_one(
+                "SELECT set_config('TimeZone', $1, false)",
+                &[&report.time_zone],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot set the time zone: {}", pg_error(&e)))?;
+        let (from, to, products) = (opts.from.clone(), opts.to.clone(), products.clone());
+        tokio::spawn(async move {
+            other
+                .query(sql::EXCLUSIONS, &[&from, &to, &bound, &products])
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read transactions: {}", pg_error(&e)))
+        })
+    };
+    let total = client
+        .query_one(sql::COUNT_TO_READ, &[&opts.from, &opts.to, &bound])
         .await
         .map_err(|e| anyhow::anyhow!("cannot read transactions: {}", pg_error(&e)))?
-    {
-        let reason: String = row.get(0);
-        let count = row.get::<_, i64>(2) as u64;
-        if reason == "candidate" {
-            report.candidates = count;
-            continue;
-        }
-        if reason == "unmapped" {
-            // Read by the batches (PAID, in the window), then skipped.
-            total += count;
-        }
-        report.excluded.push(Exclusion {
-            reason,
-            key: row.get(1),
-            count,
-            example_ids: row.get(3),
-        });
-    }
-    total += report.candidates;
+        .get::<_, i64>(0) as u64;
     if !opts.quiet {
         println!(
             "backfill: window [{}, {}) in time zone {}; transactions up to id {bound} (the highest now; later ones are left for the next run); {} to read",
@@ -369,6 +375,23 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         }
     }
     progress.finish();
+    let rows = exclusions
+        .await
+        .map_err(|e| anyhow::anyhow!("the report's query did not finish: {e}"))??;
+    for row in rows {
+        let reason: String = row.get(0);
+        let count = row.get::<_, i64>(2) as u64;
+        if reason == "candidate" {
+            report.candidates = count;
+            continue;
+        }
+        report.excluded.push(Exclusion {
+            reason,
+            key: row.get(1),
+            count,
+            example_ids: row.get(3),
+        });
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }

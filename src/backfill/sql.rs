@@ -29,16 +29,21 @@ fn batch_source() -> String {
 }
 
 const BATCH_SOURCE: &str = "
-WITH b AS MATERIALIZED (
+WITH b0 AS MATERIALIZED (
     SELECT t.id, t.user_id, t.product_id
     FROM transactions t
     WHERE t.id > $1
-      AND t.id <= $7
       AND t.status = 'PAID'
       AND t.paid_at >= $2::text::timestamptz
       AND t.paid_at < $3::text::timestamptz
     ORDER BY t.id
     LIMIT $4
+), b AS MATERIALIZED (
+    -- The bound is applied after the LIMIT: ids come in order, so a batch
+    -- that reaches past it comes back short and ends the run; and the
+    -- planner keeps its estimate of the batch (a range condition on the
+    -- parameter would shrink it and change the join order).
+    SELECT * FROM b0 WHERE id <= $7
 ), m AS MATERIALIZED (
     SELECT DISTINCT product_id, sku FROM unnest($5::text[], $6::text[]) AS m(product_id, sku)
 ), src AS MATERIALIZED (
@@ -98,6 +103,13 @@ GROUP BY sku, status",
 pub const PREFLIGHT_WINDOW: &str = "
 SELECT $1::text::timestamptz::text, $2::text::timestamptz::text,
        $1::text::timestamptz < $2::text::timestamptz";
+
+/// What the batches will read (PAID, in the window, up to the bound $3),
+/// for the progress display.
+pub const COUNT_TO_READ: &str = "
+SELECT count(*)::bigint FROM transactions
+WHERE id <= $3 AND status = 'PAID'
+  AND paid_at >= $1::text::timestamptz AND paid_at < $2::text::timestamptz";
 
 /// The run's bound: the highest transaction id when it starts. Taken before
 /// anything else, so the report and the batches see the same rows.
