@@ -26,6 +26,9 @@ use super::Catalog;
 use crate::net::Endpoint;
 use crate::policy::CatalogSettings;
 
+/// Least time between two loads of one database's catalog.
+const MIN_GAP: Duration = Duration::from_millis(50);
+
 /// The catalogs of every database the guard fronts.
 pub struct CatalogStore {
     settings: CatalogSettings,
@@ -193,8 +196,12 @@ async fn reloader(
         } else {
             period
         };
-        // A reload asked for while this one ran goes again at once.
+        // A reload asked for while this one ran goes again soon: after
+        // MIN_GAP, so that a flood of notifications (anyone may NOTIFY the
+        // channel) costs the server at most one catalog read per gap.
         if this.requested.load(Ordering::Acquire) != ticket {
+            drop(this);
+            tokio::time::sleep(MIN_GAP).await;
             continue;
         }
         drop(this);
