@@ -43,6 +43,10 @@ struct ControlRecord<'a> {
     to: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode_from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode_to: Option<&'a str>,
     generation: u64,
 }
 
@@ -70,6 +74,33 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
                 from: *from,
                 to: Some(*to),
                 error: None,
+                mode_from: None,
+                mode_to: None,
+                generation,
+            })
+            .await;
+    }
+    if old.policy.mode != policy.mode {
+        tracing::warn!(
+            from = old.policy.mode.as_str(),
+            to = policy.mode.as_str(),
+            how,
+            who,
+            "policy mode changed"
+        );
+        guard
+            .audit
+            .write(&ControlRecord {
+                time: audit::now_rfc3339(),
+                event: "mode_changed",
+                how,
+                who,
+                switch: None,
+                from: None,
+                to: None,
+                error: None,
+                mode_from: Some(old.policy.mode.as_str()),
+                mode_to: Some(policy.mode.as_str()),
                 generation,
             })
             .await;
@@ -86,6 +117,8 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
             from: None,
             to: None,
             error: None,
+            mode_from: None,
+            mode_to: None,
             generation,
         })
         .await;
@@ -122,6 +155,8 @@ pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlEr
                     from: None,
                     to: None,
                     error: Some(e.to_string()),
+                    mode_from: None,
+                    mode_to: None,
                     generation: guard.runtime.load().generation,
                 })
                 .await;
@@ -154,12 +189,41 @@ pub async fn set_switch(
     Ok(())
 }
 
+/// Sets the policy-wide mode (enforce or shadow): written into the policy
+/// file's `[defaults] mode` (when there is one), then swapped in, audited.
+pub async fn set_mode(guard: &Guard, mode: policy::Mode, who: &str) -> Result<(), ControlError> {
+    let _serial = guard.control_lock.lock().await;
+    let mut policy = guard.runtime.load_full().policy.clone();
+    if let Some(path) = guard.policy_path.as_deref() {
+        policy = edit_file(path, |doc| {
+            doc["defaults"]["mode"] = toml_edit::value(mode.as_str());
+        })?
+        .0;
+    } else {
+        policy.mode = mode;
+    }
+    install(guard, policy, "console", who).await;
+    Ok(())
+}
+
 /// Rewrites `[switches.<name>] default` in the file, keeping everything
 /// else, via a temporary file and a rename; returns the validated result.
 fn write_switch(
     path: &Path,
     name: &str,
     on: bool,
+) -> Result<(Policy, policy::Settings), ControlError> {
+    edit_file(path, |doc| {
+        doc["switches"][name]["default"] = toml_edit::value(on);
+    })
+}
+
+/// Edits the policy file, keeping everything else (comments, layout), via
+/// a temporary file and a rename; returns the validated result. Nothing is
+/// written if the result is invalid.
+fn edit_file(
+    path: &Path,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut),
 ) -> Result<(Policy, policy::Settings), ControlError> {
     let err = |source| ControlError::Write {
         path: path.display().to_string(),
@@ -172,7 +236,7 @@ fn write_switch(
             e.to_string(),
         ))
     })?;
-    doc["switches"][name]["default"] = toml_edit::value(on);
+    edit(&mut doc);
     let new_text = doc.to_string();
     let parsed = policy::parse(&new_text, path)?;
     let tmp = path.with_extension("toml.zoneguard-tmp");

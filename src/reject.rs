@@ -112,6 +112,7 @@ mod tests {
             sqlstate: "42501",
             message: m.into(),
             hint: "h".into(),
+            shadow: false,
         }
     }
 

@@ -107,9 +107,22 @@ pub struct Stats {
     pub allowed: AtomicU64,
     pub rejected: AtomicU64,
     pub rejected_by_rule: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Statements let through in shadow mode that would have been rejected.
+    pub shadowed: AtomicU64,
+    pub shadowed_by_rule: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl Stats {
+    pub fn count_shadowed(&self, rule: &str) {
+        self.shadowed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .shadowed_by_rule
+            .lock()
+            .unwrap()
+            .entry(rule.to_string())
+            .or_default() += 1;
+    }
+
     pub fn count_rejection(&self, rule: &str) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         *self

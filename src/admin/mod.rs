@@ -24,7 +24,7 @@ use crate::server::Guard;
 /// The virtual database name that opens the console.
 pub const DATABASE: &str = "zoneguard";
 
-const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; SHOW CATALOGS; RELOAD; RELOAD CATALOG";
+const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; SHOW CATALOGS; SHOW MODE; SET MODE enforce|shadow; RELOAD; RELOAD CATALOG";
 
 async fn fatal(client: &mut Stream, code: &str, msg: &str) {
     let _ = client
@@ -315,7 +315,45 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
             for (rule, n) in s.rejected_by_rule.lock().unwrap().iter() {
                 rows.push(vec![format!("rejected[{rule}]"), n.to_string()]);
             }
+            rows.push(vec![
+                "would_reject".to_string(),
+                s.shadowed.load(Ordering::Relaxed).to_string(),
+            ]);
+            for (rule, n) in s.shadowed_by_rule.lock().unwrap().iter() {
+                rows.push(vec![format!("would_reject[{rule}]"), n.to_string()]);
+            }
             Ok(table(&["metric", "value"], &rows, "SHOW"))
+        }
+        ["show", "mode"] => {
+            let p = &rt.policy;
+            let mut rows = vec![vec!["policy".to_string(), p.mode.as_str().to_string()]];
+            for (role, o) in &p.roles {
+                if let Some(m) = o.mode {
+                    rows.push(vec![format!("role {role}"), m.as_str().to_string()]);
+                }
+            }
+            for r in &p.rules {
+                if let Some(a) = r.action {
+                    let action = if a == crate::policy::Mode::Shadow {
+                        "log"
+                    } else {
+                        "reject"
+                    };
+                    rows.push(vec![format!("rule {}", r.name), action.to_string()]);
+                }
+            }
+            Ok(table(&["scope", "mode"], &rows, "SHOW"))
+        }
+        ["set", "mode", m] | ["set", "mode", "to", m] => {
+            let mode = match m.trim_matches('\'') {
+                "enforce" => crate::policy::Mode::Enforce,
+                "shadow" => crate::policy::Mode::Shadow,
+                other => return Err(format!("mode must be enforce or shadow, not {other:?}")),
+            };
+            control::set_mode(guard, mode, &format!("console:{admin}"))
+                .await
+                .map_err(|e| format!("mode not changed: {e}"))?;
+            Ok(protocol::command_complete("SET MODE"))
         }
         ["show", "catalogs"] => {
             let rows: Vec<Vec<String>> = guard

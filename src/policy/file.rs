@@ -75,6 +75,7 @@ struct AdminFile {
 #[serde(deny_unknown_fields)]
 struct DefaultsFile {
     allow: Option<Vec<Spanned<String>>>,
+    mode: Option<Spanned<String>>,
     do_blocks: Option<bool>,
     call: Option<bool>,
     function_calls: Option<bool>,
@@ -109,6 +110,8 @@ struct RuleFile {
     reason: Option<String>,
     #[serde(default)]
     hint: Option<String>,
+    #[serde(default)]
+    action: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +125,7 @@ struct SwitchFile {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RoleFile {
+    mode: Option<Spanned<String>>,
     do_blocks: Option<bool>,
     call: Option<bool>,
     function_calls: Option<bool>,
@@ -212,6 +216,17 @@ impl Ctx<'_> {
             path: self.path.to_owned(),
             line,
             message: message.into(),
+        }
+    }
+
+    fn mode(&self, m: &Spanned<String>) -> Result<super::Mode, PolicyError> {
+        match m.get_ref().as_str() {
+            "enforce" => Ok(super::Mode::Enforce),
+            "shadow" => Ok(super::Mode::Shadow),
+            other => Err(self.err(
+                m.span(),
+                format!("mode must be \"enforce\" or \"shadow\", not {other:?}"),
+            )),
         }
     }
 
@@ -384,6 +399,19 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
             allow: cx.allowed(&r.allow)?,
             reason: r.reason.clone(),
             hint: r.hint.clone(),
+            action: match &r.action {
+                None => None,
+                Some(a) => Some(match a.get_ref().as_str() {
+                    "reject" => super::Mode::Enforce,
+                    "log" => super::Mode::Shadow,
+                    other => {
+                        return Err(cx.err(
+                            a.span(),
+                            format!("rule action must be \"reject\" or \"log\", not {other:?}"),
+                        ))
+                    }
+                }),
+            },
         });
     }
     let defaults = &file.defaults;
@@ -393,6 +421,11 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
         function_calls: defaults.function_calls.unwrap_or(false),
         other_ddl: defaults.other_ddl.unwrap_or(false),
         replication: defaults.replication.unwrap_or(false),
+        mode: None,
+    };
+    let mode = match &defaults.mode {
+        None => super::Mode::Enforce,
+        Some(m) => cx.mode(m)?,
     };
     let default_allow = match &defaults.allow {
         Some(list) => cx.allowed(list)?,
@@ -408,6 +441,10 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
                 function_calls: r.function_calls.unwrap_or(base.function_calls),
                 other_ddl: r.other_ddl.unwrap_or(base.other_ddl),
                 replication: r.replication.unwrap_or(base.replication),
+                mode: match &r.mode {
+                    None => None,
+                    Some(m) => Some(cx.mode(m)?),
+                },
             },
         );
     }
@@ -432,6 +469,7 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
         default_allow,
         default_options: base,
         roles,
+        mode,
     })
 }
 

@@ -45,6 +45,10 @@ pub struct Denial {
     pub sqlstate: &'static str,
     pub message: String,
     pub hint: String,
+    /// Only recorded (shadow mode, or a rule with `action = "log"`): the
+    /// statement runs, and the audit record says it would have been
+    /// rejected.
+    pub shadow: bool,
 }
 
 impl Verdict {
@@ -73,61 +77,73 @@ impl Policy {
         prepared: Lookup<'_>,
         depth: usize,
     ) -> Verdict {
+        // Invariant: a shadowed (only recorded) denial never hides an
+        // enforced one: judging goes on past it, and an enforced denial wins.
+        let mut worst = Worst::default();
         for access in &stmt.accesses {
-            if let Some(denial) = self.judge_access(access, facts, 0) {
+            if let Some(denial) = worst.take(self.judge_access(access, facts, 0)) {
                 return Verdict::Deny(Box::new(denial));
             }
         }
         let options = self.options_for(facts.role);
+        let shadow = self.shadowed(facts.role, None);
+        let optional = |d: Denial| Denial { shadow, ..d };
         for special in &stmt.specials {
             let denial = match special {
-                Special::DoBlock if !options.do_blocks => Some(option_denial(
+                Special::DoBlock if !options.do_blocks => Some(optional(option_denial(
                     "DO",
                     "do_blocks",
                     "DO blocks are not allowed: zoneguard cannot see what they write",
                     "Run the code through a function created by a DBA, or set do_blocks = true for this role in policy.toml.",
-                )),
-                Special::Call { routine } if !options.call => Some(option_denial(
+                ))),
+                Special::Call { routine } if !options.call => Some(optional(option_denial(
                     "CALL",
                     "call",
                     &format!("CALL {routine} is not allowed: zoneguard cannot see what a procedure writes"),
                     "Ask a DBA to allow it with call = true for this role in policy.toml.",
-                )),
-                Special::OtherDdl { operation } if !options.other_ddl => Some(option_denial(
+                ))),
+                Special::OtherDdl { operation } if !options.other_ddl => Some(optional(option_denial(
                     operation,
                     "other_ddl",
                     &format!("{operation} is not allowed: schema changes outside the policy's zones are off for this role"),
                     "Ask a DBA to run it, or set other_ddl = true for this role in policy.toml.",
-                )),
+                ))),
                 Special::ExecutePrepared { name } => match prepared(name) {
-                    bodies if !bodies.is_empty() && depth < 4 => bodies.iter().find_map(|body| {
-                        match self.judge_depth(body, facts, prepared, depth + 1) {
-                            Verdict::Allow => None,
-                            Verdict::Deny(d) => Some(*d),
-                        }
-                    }),
-                    _ => Some(option_denial(
+                    bodies if !bodies.is_empty() && depth < 4 => {
+                        let mut body_worst = Worst::default();
+                        bodies
+                            .iter()
+                            .find_map(|body| match self.judge_depth(body, facts, prepared, depth + 1) {
+                                Verdict::Allow => None,
+                                Verdict::Deny(d) => body_worst.take(Some(*d)),
+                            })
+                            .or_else(|| body_worst.finish())
+                    }
+                    _ => Some(optional(option_denial(
                         "EXECUTE",
                         "prepared_statements",
                         &format!("EXECUTE {name} is not allowed: zoneguard did not see prepared statement \"{name}\" being prepared in this session"),
                         "PREPARE the statement through zoneguard in the same session before executing it.",
-                    )),
+                    ))),
                 },
                 Special::UnreadableSetting { setting, value } => Some(setting_denial(setting, value)),
                 Special::DropSchemaCascade { schema } => self.judge_schema_drop(schema, facts),
-                Special::Unparsed { may_write: true, reason } => Some(option_denial(
+                Special::Unparsed { may_write: true, reason } => Some(optional(option_denial(
                     &stmt.command,
                     "unparsed",
                     &format!("statement rejected: zoneguard could not tell whether it writes ({reason})"),
                     "zoneguard fails closed on statements it cannot parse. Rewrite the statement in plainer SQL, or run it over a direct connection with a role the DBA trusts.",
-                )),
+                ))),
                 _ => None,
             };
-            if let Some(d) = denial {
+            if let Some(d) = worst.take(denial) {
                 return Verdict::Deny(Box::new(d));
             }
         }
-        Verdict::Allow
+        match worst.finish() {
+            Some(d) => Verdict::Deny(Box::new(d)),
+            None => Verdict::Allow,
+        }
     }
 
     /// The rule that decides `op` on `zone` for these facts: the first rule in
@@ -168,11 +184,16 @@ impl Policy {
             (None, _) => Vec::new(),
         };
         let (Some(cat), false) = (facts.catalog, candidates.is_empty()) else {
-            let zones = self.zones_of(&access.table);
-            return zones.into_iter().find_map(|zone| {
-                self.judge_in_zone(access, &access.table, None, zone, &access.table, facts)
-            });
+            let mut worst = Worst::default();
+            for zone in self.zones_of(&access.table) {
+                let d = self.judge_in_zone(access, &access.table, None, zone, &access.table, facts);
+                if let Some(d) = worst.take(d) {
+                    return Some(d);
+                }
+            }
+            return worst.finish();
         };
+        let mut worst = Worst::default();
         for id in candidates {
             let cascade = access.op == Op::Ddl && access.operation.ends_with("CASCADE");
             for reached in cat.reach(id, access.op, cascade) {
@@ -203,7 +224,8 @@ impl Policy {
                     } else {
                         &object.name
                     };
-                    if let Some(d) = self.judge_in_zone(access, shown, how, zone, owner, facts) {
+                    let d = self.judge_in_zone(access, shown, how, zone, owner, facts);
+                    if let Some(d) = worst.take(d) {
                         return Some(d);
                     }
                 }
@@ -214,7 +236,7 @@ impl Policy {
                             continue;
                         }
                         for a in actions {
-                            if let Some(d) = self.judge_access(a, facts, depth + 1) {
+                            if let Some(d) = worst.take(self.judge_access(a, facts, depth + 1)) {
                                 return Some(d);
                             }
                         }
@@ -222,7 +244,7 @@ impl Policy {
                 }
             }
         }
-        None
+        worst.finish()
     }
 
     /// `DROP SCHEMA s CASCADE` drops every relation in `s`: judged as DDL on
@@ -230,24 +252,32 @@ impl Policy {
     /// see what the schema holds, and refuses.
     fn judge_schema_drop(&self, schema: &str, facts: Facts<'_>) -> Option<Denial> {
         let Some(cat) = facts.catalog else {
-            return Some(option_denial(
-                "DROP SCHEMA",
-                "catalog",
-                &format!("DROP SCHEMA {schema} CASCADE is not allowed: without the database's catalog zoneguard cannot see which tables it would drop"),
-                "Drop the schema's tables one by one, or check the [catalog] settings in policy.toml (SHOW CATALOGS on the admin console).",
-            ));
+            return Some(Denial {
+                shadow: self.shadowed(facts.role, None),
+                ..option_denial(
+                    "DROP SCHEMA",
+                    "catalog",
+                    &format!("DROP SCHEMA {schema} CASCADE is not allowed: without the database's catalog zoneguard cannot see which tables it would drop"),
+                    "Drop the schema's tables one by one, or check the [catalog] settings in policy.toml (SHOW CATALOGS on the admin console).",
+                )
+            });
         };
-        cat.objects
+        let mut worst = Worst::default();
+        for o in cat
+            .objects
             .iter()
             .filter(|o| o.name.schema.as_deref() == Some(schema))
-            .find_map(|o| {
-                let access = TableAccess {
-                    op: Op::Ddl,
-                    table: o.name.clone(),
-                    operation: "DROP SCHEMA CASCADE".to_owned(),
-                };
-                self.judge_access(&access, facts, 0)
-            })
+        {
+            let access = TableAccess {
+                op: Op::Ddl,
+                table: o.name.clone(),
+                operation: "DROP SCHEMA CASCADE".to_owned(),
+            };
+            if let Some(d) = worst.take(self.judge_access(&access, facts, 0)) {
+                return Some(d);
+            }
+        }
+        worst.finish()
     }
 
     /// The zones of a catalog object, each with the object that placed it
@@ -296,7 +326,8 @@ impl Policy {
         owner: &RelationName,
         facts: Facts<'_>,
     ) -> Option<Denial> {
-        let (allowed, rule_name, reason, hint) = match self.rule_for(zone, owner, facts) {
+        let rule = self.rule_for(zone, owner, facts);
+        let (allowed, rule_name, reason, hint) = match rule {
             Some(rule) => (
                 rule.allow,
                 rule.name.as_str(),
@@ -348,6 +379,7 @@ impl Policy {
             sqlstate: SQLSTATE_REJECTED,
             message: format!("{} on {shown} is not allowed: {reason}", access.operation),
             hint,
+            shadow: self.shadowed(facts.role, rule),
         })
     }
 
@@ -357,12 +389,41 @@ impl Policy {
         if self.options_for(role).function_calls {
             return Verdict::Allow;
         }
-        Verdict::Deny(Box::new(option_denial(
-            "FUNCTION CALL",
-            "function_calls",
-            "fast-path function calls are not allowed: zoneguard cannot see what a function called by OID writes",
-            "Call the function with SELECT instead, or set function_calls = true for this role in policy.toml.",
-        )))
+        Verdict::Deny(Box::new(Denial {
+            shadow: self.shadowed(role, None),
+            ..option_denial(
+                "FUNCTION CALL",
+                "function_calls",
+                "fast-path function calls are not allowed: zoneguard cannot see what a function called by OID writes",
+                "Call the function with SELECT instead, or set function_calls = true for this role in policy.toml.",
+            )
+        }))
+    }
+}
+
+/// The denial a judgement ends with: the first enforced one stops it; a
+/// shadowed one is kept (the first) while judging goes on.
+#[derive(Default)]
+struct Worst {
+    shadow: Option<Denial>,
+}
+
+impl Worst {
+    /// Returns the denial if it is enforced (judging stops); keeps the
+    /// first shadowed one.
+    fn take(&mut self, d: Option<Denial>) -> Option<Denial> {
+        match d {
+            Some(d) if !d.shadow => Some(d),
+            Some(d) => {
+                self.shadow.get_or_insert(d);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn finish(self) -> Option<Denial> {
+        self.shadow
     }
 }
 
@@ -389,5 +450,6 @@ fn option_denial(operation: &str, rule: &str, message: &str, hint: &str) -> Deni
         sqlstate: SQLSTATE_REJECTED,
         message: message.to_string(),
         hint: hint.to_string(),
+        shadow: false,
     }
 }

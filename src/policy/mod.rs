@@ -30,6 +30,9 @@ pub struct Policy {
     pub default_allow: Allowed,
     pub default_options: RoleOptions,
     pub roles: BTreeMap<String, RoleOptions>,
+    /// Policy-wide: enforce, or only record what would be rejected
+    /// (`[defaults] mode`). A role's or rule's own setting wins.
+    pub mode: Mode,
     /// Admin console users: role name -> password hash (a SCRAM-SHA-256
     /// verifier or an md5 hash, as PostgreSQL stores them).
     pub admins: BTreeMap<String, String>,
@@ -61,6 +64,28 @@ pub struct Rule {
     pub allow: Allowed,
     pub reason: Option<String>,
     pub hint: Option<String>,
+    /// `action = "reject" | "log"`; None: the role's or policy's mode.
+    pub action: Option<Mode>,
+}
+
+/// Whether a rejection is carried out or only recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Rejected with 42501 and audited (`mode = "enforce"`, `action = "reject"`).
+    #[default]
+    Enforce,
+    /// Let through, and audited as `would_reject` (`mode = "shadow"`,
+    /// `action = "log"`).
+    Shadow,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +105,8 @@ pub struct RoleOptions {
     /// walsender takes commands that are not SQL (CREATE/DROP_REPLICATION_SLOT,
     /// BASE_BACKUP, ...), which the guard cannot judge. Off by default.
     pub replication: bool,
+    /// The role's own mode (`[roles.X] mode`); None: the policy's.
+    pub mode: Option<Mode>,
 }
 
 /// Every operation, in the order messages list them.
@@ -158,6 +185,16 @@ impl Policy {
                 .iter()
                 .flat_map(|z| &z.schemas)
                 .all(|s| s.is_ascii())
+    }
+
+    /// Whether a rejection decided by `rule` (None: a guard option) for
+    /// `role` is only recorded: the rule's action, else the role's mode,
+    /// else the policy's.
+    pub fn shadowed(&self, role: &str, rule: Option<&Rule>) -> bool {
+        rule.and_then(|r| r.action)
+            .or_else(|| self.roles.get(role).and_then(|o| o.mode))
+            .unwrap_or(self.mode)
+            == Mode::Shadow
     }
 
     pub fn options_for(&self, role: &str) -> RoleOptions {

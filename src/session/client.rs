@@ -73,6 +73,9 @@ pub(crate) struct ClientSide {
     /// The search_path the current message's first statement is judged
     /// under (see `refresh_catalog`).
     search_path: Option<Arc<Vec<String>>>,
+    /// Denials only recorded (shadow mode) while judging the current
+    /// message: audited as `would_reject` before it is sent on.
+    shadowed: Vec<Denial>,
     /// What was just judged allowed runs DDL: its unit is marked (see
     /// `SessionState::mark_catalog_change`) once it is recorded.
     ran_ddl: bool,
@@ -139,6 +142,7 @@ impl ClientSide {
             catalog_asked: false,
             search_path: None,
             ran_ddl: false,
+            shadowed: Vec::new(),
             epoch: 1,
             epoch_inputs: (0, 0, None),
             memo_next: 0,
@@ -383,6 +387,17 @@ impl ClientSide {
         if std::mem::take(&mut self.ran_ddl) && frame.tag() != b'Q' {
             self.state.lock().unwrap().mark_catalog_change();
         }
+        if !self.shadowed.is_empty() {
+            let (protocol, sql) = match frame.tag() {
+                b'Q' => ("simple", sql_of(frame).map(protocol::sql_text)),
+                b'P' => ("extended", sql_of(frame).map(protocol::sql_text)),
+                _ => ("extended", None),
+            };
+            let sql = sql.unwrap_or_else(|| "(a prepared statement, at Bind)".into());
+            for d in std::mem::take(&mut self.shadowed) {
+                self.audit_event(&d, "would_reject", protocol, &sql).await;
+            }
+        }
         out
     }
 
@@ -491,6 +506,12 @@ impl ClientSide {
                     .judge_function_call(&self.info.user);
                 let out = match verdict {
                     Verdict::Allow => None,
+                    Verdict::Deny(d) if d.shadow => {
+                        self.guard.stats.count_shadowed(&d.rule);
+                        self.audit_event(&d, "would_reject", "function_call", "")
+                            .await;
+                        None
+                    }
                     Verdict::Deny(d) => {
                         let replacement = self.reject(*d, "function_call", "").await;
                         Some(protocol::query_message(&replacement))
@@ -633,6 +654,7 @@ impl ClientSide {
             .flatten()
             .any(|(seen, judged)| *judged == epoch && Arc::ptr_eq(seen, statements));
         let effects = effects_of(statements, epoch);
+        let mut shadowed: Vec<Denial> = Vec::new();
         if !remembered {
             let mut executes = false;
             let mut earlier: Vec<(&str, &StatementInfo)> = Vec::new();
@@ -653,9 +675,18 @@ impl ClientSide {
                     }
                     bodies
                 };
-                if let Verdict::Deny(d) = runtime.policy.judge(st, facts, &lookup) {
-                    stats.count_rejection(&d.rule);
-                    return Err(d);
+                match runtime.policy.judge(st, facts, &lookup) {
+                    Verdict::Deny(d) if d.shadow => {
+                        // Shadow: it runs; the record says it would not
+                        // have (written before it is sent on).
+                        stats.count_shadowed(&d.rule);
+                        shadowed.push(*d);
+                    }
+                    Verdict::Deny(d) => {
+                        stats.count_rejection(&d.rule);
+                        return Err(d);
+                    }
+                    Verdict::Allow => {}
                 }
                 // A later statement of the same text is parsed after this
                 // one has run, which may have changed the search_path.
@@ -665,12 +696,15 @@ impl ClientSide {
                 }
             }
             self.ran_ddl |= changes_catalog(statements);
-            if !executes {
+            // A shadowed statement is recorded every time it is sent: not
+            // remembered as allowed.
+            if !executes && shadowed.is_empty() {
                 self.allowed_memo[self.memo_next] = Some((statements.clone(), epoch));
                 self.memo_next = (self.memo_next + 1) % MEMO;
             }
         }
         stats.allowed.fetch_add(n, Ordering::Relaxed);
+        self.shadowed.extend(shadowed);
         Ok(effects)
     }
 
@@ -682,11 +716,23 @@ impl ClientSide {
 
     /// Writes the audit record of a rejection (before the client hears of it).
     async fn audit(&self, d: &Denial, protocol: &'static str, sql: &str) {
+        self.audit_event(d, "rejected", protocol, sql).await
+    }
+
+    /// Writes an audit record: `rejected`, or `would_reject` for a denial
+    /// only recorded (shadow mode), before the statement is sent on.
+    async fn audit_event(
+        &self,
+        d: &Denial,
+        event: &'static str,
+        protocol: &'static str,
+        sql: &str,
+    ) {
         let (statement, truncated) = audit::cap(sql, self.guard.audit.max_statement_chars);
-        tracing::info!(session = self.info.id, user = ?self.info.user, rule = ?d.rule, "rejected: {:?}", d.message);
+        tracing::info!(session = self.info.id, user = ?self.info.user, rule = ?d.rule, event, "{:?}", d.message);
         let record = AuditRecord {
             time: audit::now_rfc3339(),
-            event: "rejected",
+            event,
             session_id: self.info.id,
             client_addr: self.info.client_addr.to_string(),
             user: self.info.user.clone(),
@@ -762,6 +808,7 @@ fn denial(
         sqlstate,
         message,
         hint: hint.into(),
+        shadow: false,
     }
 }
 
