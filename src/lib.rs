@@ -16,6 +16,7 @@ pub mod checkout;
 pub mod classify;
 pub mod cluster;
 pub mod control;
+pub mod explain;
 pub mod net;
 pub mod policy;
 pub mod protocol;

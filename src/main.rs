@@ -85,6 +85,28 @@ enum Command {
     /// DDL changes a database's catalog (run it as a superuser in each
     /// fronted database: `zoneguard catalog-trigger | psql -U postgres DB`).
     CatalogTrigger,
+    /// Show what the guard sees in a SQL text and what it decides: each
+    /// statement's tables and operations, their zones and rules, and the
+    /// verdict with the message a client would get. Exit 0 when allowed
+    /// (or only recorded in shadow mode), 1 when rejected.
+    Explain {
+        /// The SQL text (one or more statements).
+        sql: String,
+        /// The database role to judge for (the startup user).
+        #[arg(long, default_value = "app")]
+        role: String,
+        /// A switch position to judge under, e.g. enable_new_commerce=off
+        /// (repeatable; others at their defaults).
+        #[arg(long = "switch", value_name = "NAME=on|off")]
+        switches: Vec<String>,
+        /// Resolve names through this database's catalog, as the running
+        /// guard does (a direct URL; reading the catalog needs LOGIN only).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +161,13 @@ fn main() -> anyhow::Result<()> {
             Some(Command::HashPassword { .. } | Command::CatalogTrigger) => {
                 unreachable!("handled above")
             }
+            Some(Command::Explain {
+                ref sql,
+                ref role,
+                ref switches,
+                ref database_url,
+                json,
+            }) => explain(&cli, sql, role, switches, database_url.as_deref(), json).await,
             None | Some(Command::Run) => run(&cli).await,
             Some(Command::Demo) => demo(&cli).await,
             Some(Command::Backfill(a)) => zoneguard::backfill::backfill_command(a).await,
@@ -146,6 +175,58 @@ fn main() -> anyhow::Result<()> {
             Some(Command::BenchBackfill(a)) => zoneguard::backfill::bench_command(a).await,
         }
     })
+}
+
+/// `zoneguard explain`: prints the explanation; exits 1 when rejected.
+async fn explain(
+    cli: &Cli,
+    sql: &str,
+    role: &str,
+    switches: &[String],
+    database_url: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (policy, _) = policy::load(&cli.policy)?;
+    let mut positions = std::collections::BTreeMap::new();
+    for s in switches {
+        let (name, pos) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--switch {s:?}: expected NAME=on|off"))?;
+        anyhow::ensure!(
+            policy.switches.contains_key(name),
+            "--switch {name:?}: no such switch in {}",
+            cli.policy.display()
+        );
+        let on = match pos {
+            "on" | "true" => true,
+            "off" | "false" => false,
+            _ => anyhow::bail!("--switch {s:?}: the position is on or off"),
+        };
+        positions.insert(name.to_owned(), on);
+    }
+    let catalog = match database_url {
+        Some(url) => {
+            let timeout = std::time::Duration::from_secs(10);
+            let client =
+                zoneguard::backfill::run::connect(url, timeout, "zoneguard explain").await?;
+            Some(
+                zoneguard::catalog::read_catalog(&client, timeout)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot read the catalog: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let e = zoneguard::explain::explain(&policy, sql, role, &positions, catalog.as_ref());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        print!("{e}");
+    }
+    if e.verdict == "rejected" {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {

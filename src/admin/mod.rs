@@ -24,7 +24,7 @@ use crate::server::Guard;
 /// The virtual database name that opens the console.
 pub const DATABASE: &str = "zoneguard";
 
-const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; SHOW CATALOGS; SHOW MODE; SET MODE enforce|shadow; RELOAD; RELOAD CATALOG";
+const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; SHOW CATALOGS; SHOW MODE; SET MODE enforce|shadow; EXPLAIN VERDICT 'sql' [AS ROLE r] [IN DATABASE d]; RELOAD; RELOAD CATALOG";
 
 async fn fatal(client: &mut Stream, code: &str, msg: &str) {
     let _ = client
@@ -178,6 +178,13 @@ fn on_off(b: bool) -> String {
 
 /// Runs one console command.
 async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String> {
+    let trimmed = cmd.trim().trim_end_matches(';').trim_end();
+    if trimmed
+        .get(..15)
+        .is_some_and(|p| p.eq_ignore_ascii_case("explain verdict"))
+    {
+        return explain_verdict(guard, &trimmed[15..]);
+    }
     let words: Vec<String> = cmd
         .split(|c: char| c.is_whitespace() || c == '=')
         .filter(|w| !w.is_empty())
@@ -396,4 +403,114 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
         }
         _ => Err(format!("unknown admin console command: {cmd}")),
     }
+}
+
+/// `EXPLAIN VERDICT 'sql' [AS ROLE r] [IN DATABASE d]`: what the guard would
+/// decide for that SQL now (current policy and switch positions), with the
+/// catalog of database `d` if the guard keeps one. One row per access.
+fn explain_verdict(guard: &Guard, rest: &str) -> Result<Bytes, String> {
+    let rest = rest.trim_start();
+    let usage = "usage: EXPLAIN VERDICT 'sql' [AS ROLE role] [IN DATABASE db]";
+    let Some(body) = rest.strip_prefix('\'') else {
+        return Err(usage.to_owned());
+    };
+    // A standard string: '' is a quote.
+    let mut sql = String::new();
+    let mut chars = body.char_indices().peekable();
+    let mut end = None;
+    while let Some((i, c)) = chars.next() {
+        if c == '\'' {
+            if chars.peek().is_some_and(|(_, n)| *n == '\'') {
+                chars.next();
+                sql.push('\'');
+                continue;
+            }
+            end = Some(i + 1);
+            break;
+        }
+        sql.push(c);
+    }
+    let Some(end) = end else {
+        return Err(usage.to_owned());
+    };
+    let words: Vec<&str> = body[end..].split_whitespace().collect();
+    let (mut role, mut database) = ("app".to_owned(), None);
+    let mut i = 0;
+    while i < words.len() {
+        match (
+            words[i].to_ascii_lowercase().as_str(),
+            words.get(i + 1),
+            words.get(i + 2),
+        ) {
+            ("as", Some(r), Some(name)) if r.eq_ignore_ascii_case("role") => {
+                role = name.to_string();
+                i += 3;
+            }
+            ("in", Some(d), Some(name)) if d.eq_ignore_ascii_case("database") => {
+                database = Some(name.to_string());
+                i += 3;
+            }
+            _ => return Err(usage.to_owned()),
+        }
+    }
+    let rt = guard.runtime.load();
+    let catalog = match &database {
+        Some(db) => Some(
+            guard
+                .catalogs
+                .all()
+                .into_iter()
+                .find(|c| &c.database == db)
+                .and_then(|c| c.current())
+                .ok_or_else(|| {
+                    format!("no catalog kept for database {db:?} (see SHOW CATALOGS)")
+                })?,
+        ),
+        None => None,
+    };
+    let e = crate::explain::explain(&rt.policy, &sql, &role, &rt.switches, catalog.as_deref());
+    let mut rows = Vec::new();
+    for (n, st) in e.statements.iter().enumerate() {
+        for a in &st.accesses {
+            let zones: Vec<String> = a.zones.iter().map(|(z, r)| format!("{z} ({r})")).collect();
+            rows.push(vec![
+                (n + 1).to_string(),
+                a.operation.clone(),
+                a.table.clone(),
+                zones.join(" / "),
+                a.verdict.to_owned(),
+                a.message.clone().unwrap_or_default(),
+            ]);
+        }
+        for s in &st.specials {
+            rows.push(vec![
+                (n + 1).to_string(),
+                st.command.clone(),
+                String::new(),
+                String::new(),
+                st.verdict.to_owned(),
+                s.clone(),
+            ]);
+        }
+    }
+    rows.push(vec![
+        String::new(),
+        "verdict".to_owned(),
+        String::new(),
+        format!("role {role}"),
+        e.verdict.to_owned(),
+        e.message.clone().unwrap_or_default(),
+    ]);
+    Ok(table(
+        &[
+            "statement",
+            "operation",
+            "table",
+            "zones",
+            "verdict",
+            "message",
+        ],
+        &rows,
+        "EXPLAIN",
+    ))
 }
