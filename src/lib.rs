@@ -17,6 +17,7 @@ pub mod classify;
 pub mod cluster;
 pub mod control;
 pub mod explain;
+pub mod grants;
 pub mod net;
 pub mod policy;
 pub mod protocol;

@@ -107,6 +107,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the GRANT/REVOKE statements that give each role at most what
+    /// the policy allows (the second wall, for what a proxy cannot see), or
+    /// with --verify report where the database's privileges are wider
+    /// (exit 1 if anywhere).
+    Grants {
+        /// A role to plan for (repeatable; default: the roles the policy names).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Plan for a switch position, e.g. enable_new_commerce=off
+        /// (repeatable; others at their defaults).
+        #[arg(long = "switch", value_name = "NAME=on|off")]
+        switches: Vec<String>,
+        /// The database whose relations to cover (a direct URL). Without
+        /// it, only the tables the zones list by name.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Compare the database's privileges with the policy instead.
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,6 +188,12 @@ fn main() -> anyhow::Result<()> {
                 ref database_url,
                 json,
             }) => explain(&cli, sql, role, switches, database_url.as_deref(), json).await,
+            Some(Command::Grants {
+                ref roles,
+                ref switches,
+                ref database_url,
+                verify,
+            }) => grants(&cli, roles, switches, database_url.as_deref(), verify).await,
             None | Some(Command::Run) => run(&cli).await,
             Some(Command::Demo) => demo(&cli).await,
             Some(Command::Backfill(a)) => zoneguard::backfill::backfill_command(a).await,
@@ -187,34 +213,9 @@ async fn explain(
     json: bool,
 ) -> anyhow::Result<()> {
     let (policy, _) = policy::load(&cli.policy)?;
-    let mut positions = std::collections::BTreeMap::new();
-    for s in switches {
-        let (name, pos) = s
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--switch {s:?}: expected NAME=on|off"))?;
-        anyhow::ensure!(
-            policy.switches.contains_key(name),
-            "--switch {name:?}: no such switch in {}",
-            cli.policy.display()
-        );
-        let on = match pos {
-            "on" | "true" => true,
-            "off" | "false" => false,
-            _ => anyhow::bail!("--switch {s:?}: the position is on or off"),
-        };
-        positions.insert(name.to_owned(), on);
-    }
+    let positions = switch_positions(&policy, &cli.policy, switches)?;
     let catalog = match database_url {
-        Some(url) => {
-            let timeout = std::time::Duration::from_secs(10);
-            let client =
-                zoneguard::backfill::run::connect(url, timeout, "zoneguard explain").await?;
-            Some(
-                zoneguard::catalog::read_catalog(&client, timeout)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot read the catalog: {e}"))?,
-            )
-        }
+        Some(url) => Some(read_catalog(url).await?),
         None => None,
     };
     let e = zoneguard::explain::explain(&policy, sql, role, &positions, catalog.as_ref());
@@ -227,6 +228,165 @@ async fn explain(
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// `--switch NAME=on|off` flags, checked against the policy.
+fn switch_positions(
+    policy: &Policy,
+    path: &std::path::Path,
+    switches: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, bool>> {
+    let mut positions = std::collections::BTreeMap::new();
+    for s in switches {
+        let (name, pos) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--switch {s:?}: expected NAME=on|off"))?;
+        anyhow::ensure!(
+            policy.switches.contains_key(name),
+            "--switch {name:?}: no such switch in {}",
+            path.display()
+        );
+        let on = match pos {
+            "on" | "true" => true,
+            "off" | "false" => false,
+            _ => anyhow::bail!("--switch {s:?}: the position is on or off"),
+        };
+        positions.insert(name.to_owned(), on);
+    }
+    Ok(positions)
+}
+
+/// Reads a database's catalog over a direct URL.
+async fn read_catalog(url: &str) -> anyhow::Result<zoneguard::catalog::Catalog> {
+    let timeout = std::time::Duration::from_secs(10);
+    let client = zoneguard::backfill::run::connect(url, timeout, "zoneguard").await?;
+    zoneguard::catalog::read_catalog(&client, timeout)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the catalog: {e}"))
+}
+
+/// `zoneguard grants`.
+async fn grants(
+    cli: &Cli,
+    roles: &[String],
+    switches: &[String],
+    database_url: Option<&str>,
+    verify: bool,
+) -> anyhow::Result<()> {
+    use zoneguard::grants;
+    let (policy, _) = policy::load(&cli.policy)?;
+    let mut positions = policy.default_switches();
+    positions.extend(switch_positions(&policy, &cli.policy, switches)?);
+    let roles: Vec<String> = if roles.is_empty() {
+        grants::policy_roles(&policy)
+    } else {
+        roles.to_vec()
+    };
+    anyhow::ensure!(
+        !roles.is_empty(),
+        "no role to plan for: name the application's roles with --role"
+    );
+    let catalog = match database_url {
+        Some(url) => read_catalog(url).await?,
+        None => {
+            anyhow::ensure!(!verify, "--verify needs --database-url");
+            grants::listed_tables(&policy)
+        }
+    };
+    let plan = grants::plan(&policy, &catalog, &roles, &positions);
+    if !verify {
+        let pos: Vec<String> = positions
+            .iter()
+            .map(|(k, v)| format!("{k}={}", if *v { "on" } else { "off" }))
+            .collect();
+        println!(
+            "-- zoneguard grants: policy {}, switches {}, roles {}",
+            cli.policy.display(),
+            if pos.is_empty() {
+                "(none)".into()
+            } else {
+                pos.join(", ")
+            },
+            roles.join(", ")
+        );
+        if database_url.is_none() {
+            println!("-- only the tables the zones list by name (give --database-url for every relation and the sequences)");
+        }
+        println!("-- privileges granted to PUBLIC are not revoked here: `zoneguard grants --verify` reports them");
+        println!("BEGIN;");
+        print!("{}", grants::sql(&catalog, &plan));
+        print!("{}", grants::notes(&policy, &catalog, &roles, &positions));
+        println!("COMMIT;");
+        return Ok(());
+    }
+    let url = database_url.expect("checked above");
+    let client = zoneguard::backfill::run::connect(
+        url,
+        std::time::Duration::from_secs(10),
+        "zoneguard grants",
+    )
+    .await?;
+    let mut held: std::collections::BTreeSet<(String, String, String, String)> = Default::default();
+    let mut findings = Vec::new();
+    for role in &roles {
+        let row = client
+            .query_opt("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[role])
+            .await?;
+        match row {
+            None => anyhow::bail!("role {role:?} does not exist in the database"),
+            Some(r) if r.get::<_, bool>(0) => findings.push(format!(
+                "role {role} is a superuser: no privilege limits it"
+            )),
+            Some(_) => {}
+        }
+        for r in client
+            .query(
+                r"SELECT n.nspname::text, c.relname::text, p.priv
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,
+                      unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE','TRUNCATE','REFERENCES','TRIGGER','USAGE']) AS p(priv)
+                 WHERE c.relkind IN ('r','p','v','m','f','S')
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                   AND n.nspname NOT LIKE 'pg\_to%'
+                   AND ((c.relkind = 'S' AND p.priv IN ('SELECT','USAGE','UPDATE')
+                         AND has_sequence_privilege($1, c.oid, p.priv))
+                     OR (c.relkind <> 'S' AND p.priv <> 'USAGE'
+                         AND has_table_privilege($1, c.oid, p.priv)))",
+                &[role],
+            )
+            .await?
+        {
+            held.insert((role.clone(), r.get(0), r.get(1), r.get(2)));
+        }
+    }
+    let mut lookup = |role: &str, rel: &zoneguard::classify::RelationName, privilege: &str| {
+        held.contains(&(
+            role.to_owned(),
+            rel.schema.clone().unwrap_or_default(),
+            rel.name.clone(),
+            privilege.to_owned(),
+        ))
+    };
+    for (role, obj, privilege) in grants::wider(&catalog, &plan, &mut lookup) {
+        findings.push(format!(
+            "{role} holds {privilege} on {obj}, which the policy does not allow"
+        ));
+    }
+    if findings.is_empty() {
+        println!(
+            "ok: no role holds more than the policy allows ({} roles, {} relations)",
+            roles.len(),
+            plan.len() / roles.len().max(1)
+        );
+        return Ok(());
+    }
+    for f in &findings {
+        println!("{f}");
+    }
+    println!(
+        "{} findings: apply `zoneguard grants` to narrow them",
+        findings.len()
+    );
+    std::process::exit(1);
 }
 
 fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {

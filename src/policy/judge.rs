@@ -284,7 +284,7 @@ impl Policy {
     /// there: its own name or schema if the policy lists it, else its
     /// owner's zones (index, sequence, statistics object), else its parents'
     /// (partition, inheritance child), else `unlisted`.
-    fn zones_of_object<'p>(
+    pub fn zones_of_object<'p>(
         &'p self,
         cat: &Catalog,
         id: ObjectId,

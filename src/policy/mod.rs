@@ -141,6 +141,10 @@ impl Allowed {
         Allowed(self.0 | other.0)
     }
 
+    pub fn intersect(self, other: Allowed) -> Allowed {
+        Allowed(self.0 & other.0)
+    }
+
     /// Parses one word of an `allow = [...]` list.
     pub fn parse(word: &str) -> Option<Allowed> {
         let ops: &[Op] = match word {
