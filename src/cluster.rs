@@ -88,6 +88,11 @@ impl Cluster {
     /// SCRAM-SHA-256, `md5_user` with md5, both password `secret`); every
     /// other local connection is trusted.
     pub fn start() -> Result<Cluster, ClusterError> {
+        Self::start_with("")
+    }
+
+    /// [`Cluster::start`], with extra server options (`-c name=value ...`).
+    pub fn start_with(extra_options: &str) -> Result<Cluster, ClusterError> {
         let bin = find_bindir().ok_or(ClusterError::NoBinaries)?;
         let dir = tempfile::Builder::new().prefix("zoneguard-pg-").tempdir()?;
         let run_as = is_root().then(|| "postgres".to_string());
@@ -140,7 +145,7 @@ impl Cluster {
         for _ in 0..5 {
             let port = free_port()?;
             let opts = format!(
-                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=700 -c shared_buffers=128MB -c max_prepared_transactions=10",
+                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=700 -c shared_buffers=128MB -c max_prepared_transactions=10 {extra_options}",
                 cluster.dir.path().display()
             );
             let log = cluster.dir.path().join("postgres.log");
@@ -292,6 +297,11 @@ impl Cluster {
                 self.dir.path().display()
             ),
         }
+    }
+
+    /// The data directory (server logs go to `log/` in it).
+    pub fn data_path(&self) -> PathBuf {
+        self.data_dir()
     }
 
     fn data_dir(&self) -> PathBuf {

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod backfill;
 pub mod cache;
 pub mod catalog;
+pub mod check;
 pub mod checkout;
 pub mod classify;
 pub mod cluster;

@@ -107,6 +107,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Judge what an application really sends against the policy: PostgreSQL
+    /// logs (log_statement = 'all'; csvlog, jsonlog or stderr), a
+    /// pg_stat_statements export (CSV with a `query` column) or a SQL file.
+    /// Reports what would be rejected (by rule, table, operation and role),
+    /// what could not be classified, and policy edits that would let it
+    /// through. Exit 1 when anything would be rejected.
+    Check {
+        /// Log or SQL files (streamed).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Judge every statement as this role (default: the role each log
+        /// line names; statements with none as a role no rule names).
+        #[arg(long)]
+        role: Option<String>,
+        /// auto (from the file name), csvlog, jsonlog, stderr, sql, pgss.
+        #[arg(long, default_value = "auto")]
+        format: String,
+        /// Judge under a switch position, e.g. enable_new_commerce=off.
+        #[arg(long = "switch", value_name = "NAME=on|off")]
+        switches: Vec<String>,
+        /// Resolve names through this database's catalog.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Print the GRANT/REVOKE statements that give each role at most what
     /// the policy allows (the second wall, for what a proxy cannot see), or
     /// with --verify report where the database's privileges are wider
@@ -188,6 +212,23 @@ fn main() -> anyhow::Result<()> {
                 ref database_url,
                 json,
             }) => explain(&cli, sql, role, switches, database_url.as_deref(), json).await,
+            Some(Command::Check {
+                ref files,
+                ref role,
+                ref format,
+                ref switches,
+                ref database_url,
+            }) => {
+                check(
+                    &cli,
+                    files,
+                    role.as_deref(),
+                    format,
+                    switches,
+                    database_url.as_deref(),
+                )
+                .await
+            }
             Some(Command::Grants {
                 ref roles,
                 ref switches,
@@ -263,6 +304,73 @@ async fn read_catalog(url: &str) -> anyhow::Result<zoneguard::catalog::Catalog> 
     zoneguard::catalog::read_catalog(&client, timeout)
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the catalog: {e}"))
+}
+
+/// `zoneguard check`.
+async fn check(
+    cli: &Cli,
+    files: &[std::path::PathBuf],
+    role: Option<&str>,
+    format: &str,
+    switches: &[String],
+    database_url: Option<&str>,
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    use zoneguard::check;
+    let (policy, _) = policy::load(&cli.policy)?;
+    let mut positions = policy.default_switches();
+    positions.extend(switch_positions(&policy, &cli.policy, switches)?);
+    let catalog = match database_url {
+        Some(url) => Some(read_catalog(url).await?),
+        None => None,
+    };
+    let fixed = match format {
+        "auto" => None,
+        f => Some(check::Format::parse(f).ok_or_else(|| {
+            anyhow::anyhow!("--format {f:?}: one of auto, csvlog, jsonlog, stderr, sql, pgss")
+        })?),
+    };
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let p = indicatif::ProgressBar::new_spinner();
+        p.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos} statements read {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        p
+    });
+    let mut report = check::Report::default();
+    for path in files {
+        let file = std::fs::File::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let mut input = std::io::BufReader::new(file);
+        let format = match fixed {
+            Some(f) => f,
+            None => {
+                let first = String::from_utf8_lossy(input.fill_buf()?)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                check::Format::guess(path, &first)
+            }
+        };
+        check::read(format, input, &mut |sent| {
+            let who = role.map(str::to_owned).or(sent.role).unwrap_or_default();
+            report.add(&policy, &sent.sql, &who, &positions, catalog.as_ref());
+            if let Some(p) = &progress {
+                p.inc(1);
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    print!("{report}");
+    if report.rejected_count() > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// `zoneguard grants`.
