@@ -47,6 +47,10 @@ pub struct AccessReport {
     pub op: &'static str,
     /// What the user would call it: "UPDATE", "NEXTVAL", "CREATE INDEX", ...
     pub operation: String,
+    /// Where a nested access comes from: WITH, EXPLAIN ANALYZE, PREPARE,
+    /// rule action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<&'static str>,
     pub table: String,
     /// The zones its name places it in, each with the rule that decides
     /// there (the catalog may place the object elsewhere: see `verdict`).
@@ -110,6 +114,7 @@ pub fn explain(
                 AccessReport {
                     op: a.op.as_str(),
                     operation: a.operation.clone(),
+                    origin: a.origin,
                     table: a.table.to_string(),
                     zones: policy
                         .zones_of(&a.table)
@@ -217,11 +222,15 @@ impl fmt::Display for Explanation {
                     .iter()
                     .map(|(z, r)| format!("{z} (rule {r})"))
                     .collect();
+                let operation = match a.origin {
+                    Some(o) => format!("{} (in {o})", a.operation),
+                    None => a.operation.clone(),
+                };
                 writeln!(
                     f,
                     "  {:<9} {:<22} {:<30} zone {} -> {}",
                     a.op,
-                    a.operation,
+                    operation,
                     a.table,
                     zones.join(" / "),
                     a.verdict

@@ -71,6 +71,16 @@ fn explain_json_is_a_stable_document() {
     assert_eq!(a["op"], "delete");
     assert_eq!(a["table"], "\"transactions\"");
     assert_eq!(a["verdict"], "rejected");
+    assert_eq!(a["origin"], "WITH");
+    // Other nested origins are marked too.
+    let (_, out) = explain(&[
+        "EXPLAIN ANALYZE DELETE FROM users; PREPARE p AS UPDATE users SET email = email",
+    ]);
+    assert!(out.contains("DELETE (in EXPLAIN ANALYZE)"), "{out}");
+    assert!(out.contains("UPDATE (in PREPARE)"), "{out}");
+    let (_, out) =
+        explain(&["CREATE RULE r AS ON INSERT TO entitlements DO ALSO DELETE FROM users"]);
+    assert!(out.contains("DELETE (in rule action)"), "{out}");
 }
 
 /// With --database-url, names are resolved through the catalog, as the

@@ -269,6 +269,7 @@ fn rule_actions(def: &str) -> Vec<TableAccess> {
                 op: Op::Ddl,
                 table: RelationName::new(None, "(a rule zoneguard cannot read)"),
                 operation: "RULE".to_owned(),
+                origin: None,
             });
         }
         out.extend(

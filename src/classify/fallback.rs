@@ -112,6 +112,7 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
             op: Op::Ddl,
             table: rel,
             operation: op.to_owned(),
+            origin: None,
         });
     };
     match first.as_str() {
@@ -127,6 +128,7 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
                         op: Op::Read,
                         table: rel,
                         operation: "SELECT".to_owned(),
+                        origin: None,
                     });
                     // Only ORDER BY / LIMIT / OFFSET / FETCH may follow.
                     let plain = toks[i..].iter().all(|t| match word(t) {

@@ -93,6 +93,9 @@ pub struct TableAccess {
     /// "SELECT FOR UPDATE", "LOCK TABLE", "ALTER TABLE", "DROP TABLE",
     /// "CREATE INDEX", "CREATE TRIGGER", "CREATE VIEW", "GRANT", ...
     pub operation: String,
+    /// Where a nested access comes from: "WITH" (a CTE), "EXPLAIN ANALYZE",
+    /// "PREPARE" (the prepared body), "rule action"; None at top level.
+    pub origin: Option<&'static str>,
 }
 
 /// Facts about a statement that are not an access to a named relation.

@@ -7,7 +7,7 @@ use sqlparser::ast::{
 
 use super::ddl::{object_is_relation, other_ddl_name};
 use super::walk::{ident, name_parts, Walker};
-use super::{Deallocate, Op, Prepared, Special, StatementInfo};
+use super::{Deallocate, Op, Prepared, Special, StatementInfo, TableAccess};
 
 /// The name of a statement's variant, for messages.
 pub(crate) fn variant_name(s: &Statement) -> String {
@@ -72,8 +72,13 @@ fn is_false_word(s: &str) -> bool {
 }
 
 impl Walker {
-    fn merge_info(&mut self, info: StatementInfo) {
-        self.accesses.extend(info.accesses);
+    fn merge_info(&mut self, info: StatementInfo, origin: &'static str) {
+        let mark = self.origin.or(Some(origin));
+        self.accesses
+            .extend(info.accesses.into_iter().map(|a| TableAccess {
+                origin: a.origin.or(mark),
+                ..a
+            }));
         self.specials.extend(info.specials);
     }
 
@@ -144,7 +149,7 @@ impl Walker {
             } => {
                 let inner = classify_statement(statement);
                 if *analyze || explain_analyzes(options) {
-                    self.merge_info(inner);
+                    self.merge_info(inner, "EXPLAIN ANALYZE");
                 } else {
                     for a in inner.accesses {
                         self.add(Op::Read, a.table, "EXPLAIN");
@@ -157,8 +162,7 @@ impl Walker {
                 name, statement, ..
             } => {
                 let body = classify_statement(statement);
-                self.accesses.extend(body.accesses.iter().cloned());
-                self.specials.extend(body.specials.iter().cloned());
+                self.merge_info(body.clone(), "PREPARE");
                 self.prepares = Some(Prepared {
                     name: ident(name),
                     body: Box::new(body),
@@ -238,11 +242,15 @@ impl Walker {
                 match &cr.action {
                     CreateRuleAction::Nothing => {}
                     CreateRuleAction::Statement(s) => {
-                        self.statement(s);
+                        self.within("rule action", |w| {
+                            w.statement(s);
+                        });
                     }
                     CreateRuleAction::Statements(ss) => {
                         for s in ss {
-                            self.statement(s);
+                            self.within("rule action", |w| {
+                                w.statement(s);
+                            });
                         }
                     }
                 }

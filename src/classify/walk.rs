@@ -65,6 +65,8 @@ pub(crate) struct FromItem {
 /// Collects the facts of one statement.
 #[derive(Default)]
 pub(crate) struct Walker {
+    /// Where accesses added now come from (see `TableAccess::origin`).
+    pub origin: Option<&'static str>,
     pub accesses: Vec<TableAccess>,
     pub specials: Vec<Special>,
     pub prepares: Option<Prepared>,
@@ -79,6 +81,7 @@ impl Walker {
             op,
             table,
             operation: operation.to_owned(),
+            origin: self.origin,
         });
     }
 
@@ -124,6 +127,14 @@ impl Walker {
             .collect()
     }
 
+    /// Walks with `origin` marked on what is added (the outermost mark wins).
+    pub fn within(&mut self, origin: &'static str, f: impl FnOnce(&mut Self)) {
+        let saved = self.origin;
+        self.origin = saved.or(Some(origin));
+        f(self);
+        self.origin = saved;
+    }
+
     pub fn query(&mut self, q: &Query) {
         let saved = self.ctes.len();
         if let Some(with) = &q.with {
@@ -132,12 +143,12 @@ impl Walker {
                     self.ctes.push(ident(&cte.alias.name));
                 }
                 for cte in &with.cte_tables {
-                    self.query(&cte.query);
+                    self.within("WITH", |w| w.query(&cte.query));
                 }
             } else {
                 // A plain WITH's names are visible to later CTEs and the body.
                 for cte in &with.cte_tables {
-                    self.query(&cte.query);
+                    self.within("WITH", |w| w.query(&cte.query));
                     self.ctes.push(ident(&cte.alias.name));
                 }
             }

@@ -272,6 +272,7 @@ impl Policy {
                 op: Op::Ddl,
                 table: o.name.clone(),
                 operation: "DROP SCHEMA CASCADE".to_owned(),
+                origin: None,
             };
             if let Some(d) = worst.take(self.judge_access(&access, facts, 0)) {
                 return Some(d);
