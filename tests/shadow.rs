@@ -75,7 +75,7 @@ async fn a_rule_in_shadow_lets_writes_through_and_records_them() {
 #[tokio::test]
 async fn shadow_then_enforce_from_the_console() {
     let db = fresh_db();
-    let policy = SHIPPED_POLICY.replace("[defaults]\n", "[defaults]\nmode = \"shadow\"\n");
+    let policy = SHIPPED_POLICY.replacen("mode = \"enforce\"", "mode = \"shadow\"", 1);
     assert_ne!(policy, SHIPPED_POLICY);
     let g = TestGuard::start(&policy).await;
     let app = g.connect("app", &db).await;
