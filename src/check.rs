@@ -249,13 +249,7 @@ impl Report {
                     }
                 }
             }
-            let lookup = |name: &str| -> Vec<StatementInfo> {
-                prepared
-                    .iter()
-                    .filter(|(n, _)| n == name)
-                    .map(|(_, b)| b.clone())
-                    .collect()
-            };
+            let lookup = |name: &str| crate::explain::bodies(&prepared, name);
             match policy.judge(&st, facts, &lookup) {
                 Verdict::Deny(d) if !d.shadow => {
                     let key = (

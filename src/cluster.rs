@@ -76,6 +76,25 @@ fn is_root() -> bool {
 }
 
 /// A free loopback TCP port (bound, then released).
+/// A temporary directory for a server, owned by the user it runs as.
+fn server_dir(prefix: &str, run_as: Option<&str>) -> Result<tempfile::TempDir, ClusterError> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    if let Some(user) = run_as {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(dir.path())
+            .status()?;
+        if !st.success() {
+            return Err(ClusterError::Command {
+                what: "chown".into(),
+                detail: format!("{st}"),
+            });
+        }
+    }
+    Ok(dir)
+}
+
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -94,21 +113,8 @@ impl Cluster {
     /// [`Cluster::start`], with extra server options (`-c name=value ...`).
     pub fn start_with(extra_options: &str) -> Result<Cluster, ClusterError> {
         let bin = find_bindir().ok_or(ClusterError::NoBinaries)?;
-        let dir = tempfile::Builder::new().prefix("zoneguard-pg-").tempdir()?;
         let run_as = is_root().then(|| "postgres".to_string());
-        if let Some(user) = &run_as {
-            let st = Command::new("chown")
-                .arg("-R")
-                .arg(format!("{user}:"))
-                .arg(dir.path())
-                .status()?;
-            if !st.success() {
-                return Err(ClusterError::Command {
-                    what: "chown".into(),
-                    detail: format!("{st}"),
-                });
-            }
-        }
+        let dir = server_dir("zoneguard-pg-", run_as.as_deref())?;
         let mut cluster = Cluster {
             bin,
             port: 0,
@@ -190,22 +196,7 @@ impl Cluster {
     /// port of its own, for tests of replication-aware behaviour. It reports
     /// its progress every second, so the primary's replay_lag is current.
     pub fn start_standby(&self) -> Result<Cluster, ClusterError> {
-        let dir = tempfile::Builder::new()
-            .prefix("zoneguard-standby-")
-            .tempdir()?;
-        if let Some(user) = &self.run_as {
-            let st = Command::new("chown")
-                .arg("-R")
-                .arg(format!("{user}:"))
-                .arg(dir.path())
-                .status()?;
-            if !st.success() {
-                return Err(ClusterError::Command {
-                    what: "chown".into(),
-                    detail: format!("{st}"),
-                });
-            }
-        }
+        let dir = server_dir("zoneguard-standby-", self.run_as.as_deref())?;
         let mut standby = Cluster {
             bin: self.bin.clone(),
             port: 0,

@@ -93,13 +93,7 @@ pub fn explain(
     let mut first_denial = None;
     let mut shadow_denial = None;
     for st in &statements {
-        let lookup = |name: &str| -> Vec<StatementInfo> {
-            prepared
-                .iter()
-                .filter(|(n, _)| n == name)
-                .map(|(_, b)| b.clone())
-                .collect()
-        };
+        let lookup = |name: &str| bodies(&prepared, name);
         let verdict = policy.judge(st, facts, &lookup);
         let accesses = st
             .accesses
@@ -167,6 +161,16 @@ pub fn explain(
         message: denial.as_ref().map(|d| d.message.clone()),
         hint: denial.map(|d| d.hint),
     }
+}
+
+/// What `EXECUTE name` may run, given the PREPAREs seen earlier in a text
+/// (explain and check judge texts outside a session).
+pub(crate) fn bodies(prepared: &[(String, StatementInfo)], name: &str) -> Vec<StatementInfo> {
+    prepared
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, b)| b.clone())
+        .collect()
 }
 
 fn describe_special(s: &Special) -> String {

@@ -295,17 +295,7 @@ pub fn listed_tables(policy: &Policy) -> Catalog {
         .zones
         .iter()
         .flat_map(|z| &z.tables)
-        .map(|t| crate::catalog::Object {
-            name: t.clone(),
-            kind: Kind::Table,
-            owner: None,
-            parents: Vec::new(),
-            children: Vec::new(),
-            reads: Vec::new(),
-            referenced_by: Vec::new(),
-            read_by: Vec::new(),
-            rules: Vec::new(),
-        })
+        .map(|t| crate::catalog::Object::new(t.clone(), Kind::Table))
         .collect();
     Catalog::new(objects)
 }

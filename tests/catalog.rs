@@ -282,17 +282,8 @@ zone = "app"
 allow = ["all"]
 "#;
     let (policy, _) = zoneguard::policy::parse(text, std::path::Path::new("p.toml")).unwrap();
-    let obj = |schema: &str, name: &str| Object {
-        name: RelationName::new(Some(schema), name),
-        kind: Kind::Table,
-        owner: None,
-        parents: Vec::new(),
-        children: Vec::new(),
-        reads: Vec::new(),
-        referenced_by: Vec::new(),
-        read_by: Vec::new(),
-        rules: Vec::new(),
-    };
+    let obj =
+        |schema: &str, name: &str| Object::new(RelationName::new(Some(schema), name), Kind::Table);
     let catalog = Catalog::new(vec![obj("legacy", "users"), obj("app", "users")]);
     let switches = BTreeMap::new();
     let verdict = |sql: &str, path: Option<&[&str]>| {

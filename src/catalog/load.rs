@@ -235,17 +235,7 @@ async fn read(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
 }
 
 fn object(schema: &str, name: &str, kind: Kind) -> Object {
-    Object {
-        name: RelationName::new(Some(schema), name),
-        kind,
-        owner: None,
-        parents: Vec::new(),
-        children: Vec::new(),
-        reads: Vec::new(),
-        referenced_by: Vec::new(),
-        read_by: Vec::new(),
-        rules: Vec::new(),
-    }
+    Object::new(RelationName::new(Some(schema), name), kind)
 }
 
 /// What a rule's actions access, from its definition (`CREATE RULE ... DO

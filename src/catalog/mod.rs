@@ -132,6 +132,23 @@ pub struct Object {
     pub rules: Vec<(Op, Vec<TableAccess>)>,
 }
 
+impl Object {
+    /// An object with nothing hanging on it yet.
+    pub fn new(name: RelationName, kind: Kind) -> Object {
+        Object {
+            name,
+            kind,
+            owner: None,
+            parents: Vec::new(),
+            children: Vec::new(),
+            reads: Vec::new(),
+            referenced_by: Vec::new(),
+            read_by: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
 /// A snapshot of one database's catalog.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -367,17 +384,7 @@ mod tests {
     use super::*;
 
     fn obj(schema: &str, name: &str, kind: Kind) -> Object {
-        Object {
-            name: RelationName::new(Some(schema), name),
-            kind,
-            owner: None,
-            parents: Vec::new(),
-            children: Vec::new(),
-            reads: Vec::new(),
-            referenced_by: Vec::new(),
-            read_by: Vec::new(),
-            rules: Vec::new(),
-        }
+        Object::new(RelationName::new(Some(schema), name), kind)
     }
 
     fn names(c: &Catalog, ids: Vec<ObjectId>) -> Vec<String> {
