@@ -155,21 +155,7 @@ impl Cluster {
                 cluster.dir.path().display()
             );
             let log = cluster.dir.path().join("postgres.log");
-            match cluster.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-l",
-                    log.to_str().unwrap(),
-                    "-o",
-                    &opts,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            ) {
+            match cluster.pg_ctl_start(&opts) {
                 Ok(()) => {
                     cluster.port = port;
                     last_err = None;
@@ -229,8 +215,18 @@ impl Cluster {
             "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c hot_standby=on -c wal_receiver_status_interval=1 -c max_connections=700 -c max_prepared_transactions=10",
             standby.dir.path().display()
         );
-        let log = standby.dir.path().join("postgres.log");
-        standby.run(
+        standby.pg_ctl_start(&opts)?;
+        standby.port = port;
+        standby.watchdog = standby.spawn_watchdog().ok();
+        Ok(standby)
+    }
+
+    /// `pg_ctl start` with these server options, waiting until it accepts
+    /// connections; its log is `postgres.log` in the cluster's directory.
+    fn pg_ctl_start(&self, options: &str) -> Result<(), ClusterError> {
+        let data = self.data_dir();
+        let log = self.dir.path().join("postgres.log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -238,16 +234,13 @@ impl Cluster {
                 "-l",
                 log.to_str().unwrap(),
                 "-o",
-                &opts,
+                options,
                 "-w",
                 "-t",
                 "60",
                 "start",
             ],
-        )?;
-        standby.port = port;
-        standby.watchdog = standby.spawn_watchdog().ok();
-        Ok(standby)
+        )
     }
 
     /// A process that stops the cluster when this process dies, even on a
