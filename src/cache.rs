@@ -40,13 +40,18 @@ struct Shard {
     map: HashMap<Arc<str>, usize>,
     slots: Vec<Slot>,
     hand: usize,
+    /// Most entries.
     cap: usize,
+    /// Most bytes (keys and classifications, estimated), and the bytes held.
+    budget: usize,
+    bytes: usize,
 }
 
 struct Slot {
     key: Arc<str>,
     value: Arc<Vec<StatementInfo>>,
     referenced: bool,
+    bytes: usize,
 }
 
 impl Shard {
@@ -57,37 +62,91 @@ impl Shard {
         Some(slot.value.clone())
     }
 
+    /// Inserts, evicting (CLOCK: second chance) until both the entry count
+    /// and the byte budget hold. An entry larger than the whole budget is
+    /// not kept.
     fn insert(&mut self, key: Arc<str>, value: Arc<Vec<StatementInfo>>) {
+        let bytes = key.len() + approx_bytes(&value) + SLOT_OVERHEAD;
+        if bytes > self.budget {
+            return;
+        }
         if let Some(&i) = self.map.get(&*key) {
+            self.bytes = self.bytes - self.slots[i].bytes + bytes;
             self.slots[i].value = value;
+            self.slots[i].bytes = bytes;
+            self.shrink_to(self.budget);
             return;
         }
-        if self.slots.len() < self.cap {
-            self.map.insert(key.clone(), self.slots.len());
-            self.slots.push(Slot {
-                key,
-                value,
-                referenced: false,
-            });
-            return;
+        while !self.slots.is_empty()
+            && (self.slots.len() >= self.cap || self.bytes + bytes > self.budget)
+        {
+            self.evict_one();
         }
+        self.map.insert(key.clone(), self.slots.len());
+        self.slots.push(Slot {
+            key,
+            value,
+            referenced: false,
+            bytes,
+        });
+        self.bytes += bytes;
+    }
+
+    fn shrink_to(&mut self, budget: usize) {
+        while self.bytes > budget && !self.slots.is_empty() {
+            self.evict_one();
+        }
+    }
+
+    /// Removes the first slot the clock hand finds not referenced since it
+    /// last passed (clearing the marks it passes).
+    fn evict_one(&mut self) {
         loop {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
             let i = self.hand;
-            self.hand = (self.hand + 1) % self.slots.len();
             if self.slots[i].referenced {
                 self.slots[i].referenced = false;
+                self.hand += 1;
                 continue;
             }
-            self.map.remove(&*self.slots[i].key);
-            self.map.insert(key.clone(), i);
-            self.slots[i] = Slot {
-                key,
-                value,
-                referenced: false,
-            };
+            let gone = self.slots.swap_remove(i);
+            self.map.remove(&*gone.key);
+            self.bytes -= gone.bytes;
+            if let Some(moved) = self.slots.get(i) {
+                self.map.insert(moved.key.clone(), i);
+            }
             return;
         }
     }
+}
+
+/// What an entry costs beyond its key and classification: the map entry,
+/// the slot, the Arcs.
+const SLOT_OVERHEAD: usize = 128;
+
+/// An estimate of a classification's heap size, for the byte budget.
+pub fn approx_bytes(v: &[StatementInfo]) -> usize {
+    v.iter()
+        .map(|s| {
+            std::mem::size_of::<StatementInfo>()
+                + s.command.len()
+                + s.accesses
+                    .iter()
+                    .map(|a| {
+                        std::mem::size_of_val(a)
+                            + a.table.name.len()
+                            + a.table.schema.as_ref().map_or(0, String::len)
+                            + a.operation.len()
+                    })
+                    .sum::<usize>()
+                + s.specials.len() * (std::mem::size_of::<Special>() + 64)
+                + s.prepares.as_ref().map_or(0, |p| {
+                    p.name.len() + approx_bytes(std::slice::from_ref(&*p.body))
+                })
+        })
+        .sum()
 }
 
 impl Default for ClassifyCache {
@@ -96,10 +155,23 @@ impl Default for ClassifyCache {
     }
 }
 
+/// The default byte budget of the whole cache (both sets of shards).
+pub const DEFAULT_BYTES: usize = 64 << 20;
+
 impl ClassifyCache {
-    /// A cache holding at most about `capacity` statements.
+    /// A cache holding at most about `capacity` statements, in at most
+    /// [`DEFAULT_BYTES`].
     pub fn new(capacity: usize) -> Self {
+        Self::with_budget(capacity, DEFAULT_BYTES)
+    }
+
+    /// A cache holding at most about `capacity` statements (exact and
+    /// normalised alike) and about `bytes` bytes of keys and
+    /// classifications: a stream of distinct large statements cannot grow
+    /// it past that.
+    pub fn with_budget(capacity: usize, bytes: usize) -> Self {
         let cap = capacity.div_ceil(SHARDS).max(1);
+        let budget = (bytes / (2 * SHARDS)).max(1);
         let shards = || {
             (0..SHARDS)
                 .map(|_| {
@@ -108,6 +180,8 @@ impl ClassifyCache {
                         slots: Vec::with_capacity(cap),
                         hand: 0,
                         cap,
+                        budget,
+                        bytes: 0,
                     })
                 })
                 .collect()
@@ -145,6 +219,15 @@ impl ClassifyCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes held (estimated: keys and classifications).
+    pub fn bytes(&self) -> usize {
+        self.exact
+            .iter()
+            .chain(self.normalized.iter())
+            .map(|s| s.lock().unwrap().bytes)
+            .sum()
     }
 
     /// Same result as [`classify::classify`], from the cache when possible.

@@ -62,6 +62,7 @@ impl Guard {
         let audit =
             AuditLog::open(&settings.audit.file, settings.audit.max_statement_chars).await?;
         let switches = policy.default_switches();
+        let cache = crate::cache::ClassifyCache::with_budget(4096, settings.proxy.cache_bytes);
         let catalogs = crate::catalog::CatalogStore::new(
             settings.catalog.clone(),
             upstream.clone(),
@@ -88,7 +89,7 @@ impl Guard {
             settings,
             upstream,
             audit,
-            cache: crate::cache::ClassifyCache::default(),
+            cache,
             nonce: format!("{:016x}", rand::random::<u64>()),
             console_throttle: Default::default(),
             next_session: AtomicU64::new(1),

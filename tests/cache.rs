@@ -184,3 +184,24 @@ fn relation_naming_literals_are_not_normalised() {
         assert_eq!(*second, classify(b), "{b} got {a}'s classification");
     }
 }
+
+/// A stream of distinct statements, large ones included, cannot grow the
+/// cache past its byte budget, and what it returns is still exact.
+#[test]
+fn the_cache_is_bounded_in_bytes() {
+    let budget = 1 << 20;
+    let cache = ClassifyCache::with_budget(1_000_000, budget);
+    for i in 0..5_000 {
+        // Up to ~4 KB of text naming up to ~150 relations each.
+        let n = 1 + i % 150;
+        let tables: Vec<String> = (0..n).map(|k| format!("t{i}_{k}")).collect();
+        let sql = format!("SELECT 1 FROM {}", tables.join(", "));
+        let got = cache.classify(&sql);
+        assert_eq!(*got, classify(&sql));
+        assert!(cache.bytes() <= budget, "{} > {budget}", cache.bytes());
+    }
+    assert!(cache.len() > 10, "it still caches: {}", cache.len());
+    // A hit is the same as a fresh classification.
+    let sql = "SELECT 1 FROM t4999_0";
+    assert_eq!(*cache.classify(sql), classify(sql));
+}

@@ -288,6 +288,9 @@ pub struct ProxySettings {
     /// Most unauthenticated connections in all; at the cap the oldest is
     /// dropped.
     pub max_unauthenticated: usize,
+    /// Bytes the classification cache may hold (keys and classifications,
+    /// estimated), whatever the statements' sizes.
+    pub cache_bytes: usize,
 }
 
 impl Default for ProxySettings {
@@ -303,6 +306,7 @@ impl Default for ProxySettings {
             reserved_console_slots: 3,
             max_unauthenticated_per_address: 256,
             max_unauthenticated: 2048,
+            cache_bytes: crate::cache::DEFAULT_BYTES,
         }
     }
 }
