@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+mod bulk;
 mod ddl;
 mod dml;
 mod fallback;
@@ -162,6 +163,24 @@ pub enum Deallocate {
 /// Never fails: what cannot be understood is reported as `Special::Unparsed`.
 /// An empty string (or only comments / semicolons) yields no statements.
 pub fn classify(sql: &str) -> Vec<StatementInfo> {
+    // Big statements: literal lists shortened first (see `bulk`), so the
+    // cost stays linear in the length and the parse small.
+    if sql.len() > bulk::THRESHOLD {
+        if let Some(short) = bulk::shorten(sql) {
+            return classify_text(&short);
+        }
+    }
+    classify_text(sql)
+}
+
+/// [`classify`] without shortening big statements' literal lists: what
+/// the shortened classification must equal (the property tests use it).
+#[doc(hidden)]
+pub fn classify_unshortened(sql: &str) -> Vec<StatementInfo> {
+    classify_text(sql)
+}
+
+fn classify_text(sql: &str) -> Vec<StatementInfo> {
     let tokens = match tokens::tokenize(sql) {
         Ok(t) => t,
         Err(e) => {

@@ -171,6 +171,13 @@ fn ident_cont(b: u8) -> bool {
 /// Scans `s` as PostgreSQL's lexer does with `standard_conforming_strings`
 /// on, following only what decides where literals and comments end.
 pub fn scan(s: &[u8]) -> Lexed {
+    lex(s, &mut |_, _| {})
+}
+
+/// [`scan`], calling `on_word(start, end)` for every unquoted word
+/// (identifier or keyword) outside strings, quoted identifiers and
+/// comments.
+pub(crate) fn lex(s: &[u8], on_word: &mut dyn FnMut(usize, usize)) -> Lexed {
     let mut backslash = false;
     let mut i = 0;
     while i < s.len() {
@@ -250,6 +257,7 @@ pub fn scan(s: &[u8]) -> Lexed {
                     i += 1;
                 }
                 let word = &s[start..i];
+                on_word(start, i);
                 match (word, s.get(i), s.get(i + 1)) {
                     ([b'e' | b'E'], Some(b'\''), _) => match quoted(s, i + 1, true, &mut backslash)
                     {
@@ -276,7 +284,7 @@ pub fn scan(s: &[u8]) -> Lexed {
 /// starts at `i`, following quote continuation across a newline; `None` if
 /// the text ends inside it. `escape`: an E'...' string, where a backslash
 /// escapes the next byte.
-fn quoted(s: &[u8], mut i: usize, escape: bool, backslash: &mut bool) -> Option<usize> {
+pub(crate) fn quoted(s: &[u8], mut i: usize, escape: bool, backslash: &mut bool) -> Option<usize> {
     loop {
         match *s.get(i)? {
             b'\\' if escape => i += 2,
