@@ -41,6 +41,8 @@ pub struct CatalogStore {
 pub struct DatabaseCatalog {
     pub database: String,
     current: ArcSwapOption<Catalog>,
+    /// `current`'s version, readable without touching it.
+    version: AtomicU64,
     /// Reloads asked for, and the number of the last one whose load started
     /// after it was asked for and has finished (successfully or not).
     requested: AtomicU64,
@@ -78,6 +80,7 @@ impl CatalogStore {
         let db = Arc::new(DatabaseCatalog {
             database: database.to_owned(),
             current: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
             requested: AtomicU64::new(1),
             done: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
@@ -115,6 +118,11 @@ impl std::fmt::Debug for DatabaseCatalog {
 impl DatabaseCatalog {
     pub fn current(&self) -> Option<Arc<Catalog>> {
         self.current.load_full()
+    }
+
+    /// The current catalog's version (0: none loaded yet).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Asks for a reload; returns a ticket for [`Self::wait_for`].
@@ -179,7 +187,9 @@ async fn reloader(
                         ms = catalog.loaded_in.as_millis() as u64,
                         "catalog loaded"
                     );
+                    let version = catalog.version;
                     this.current.store(Some(Arc::new(catalog)));
+                    this.version.store(version, Ordering::Release);
                     if this.last_error.lock().unwrap().take().is_some() {
                         tracing::info!(database = ?this.database, "catalog readable again");
                     }

@@ -70,6 +70,8 @@ pub(crate) struct ClientSide {
     catalog_waited: bool,
     /// The database's catalog was asked for (after authentication).
     catalog_asked: bool,
+    /// Its keeper (None: catalogs are off, or not kept for this database).
+    db: Option<Arc<crate::catalog::DatabaseCatalog>>,
     /// The search_path the current message's first statement is judged
     /// under (see `refresh_catalog`).
     search_path: Option<Arc<Vec<String>>>,
@@ -140,6 +142,7 @@ impl ClientSide {
             catalog: None,
             catalog_waited: false,
             catalog_asked: false,
+            db: None,
             search_path: None,
             ran_ddl: false,
             shadowed: Vec::new(),
@@ -322,13 +325,15 @@ impl ClientSide {
     /// under. A session counter that moves whenever any of them changes, so
     /// a verdict remembered under one is never reused under another.
     fn epoch(&mut self, runtime: &Runtime) -> u64 {
-        let inputs = (
-            runtime.generation,
-            self.catalog.as_ref().map_or(0, |c| c.version),
-            self.search_path.clone(),
-        );
-        if inputs != self.epoch_inputs {
-            self.epoch_inputs = inputs;
+        let version = self.catalog.as_ref().map_or(0, |c| c.version);
+        let (generation, catalog, path) = &self.epoch_inputs;
+        let same_path = match (path, &self.search_path) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if *generation != runtime.generation || *catalog != version || !same_path {
+            self.epoch_inputs = (runtime.generation, version, self.search_path.clone());
             self.epoch += 1;
         }
         self.epoch
@@ -339,38 +344,53 @@ impl ClientSide {
     /// after this session's own DDL, are waited for (at most the connect
     /// timeout); later reloads are picked up as they land.
     async fn refresh_catalog(&mut self) {
-        let (db, ticket) = {
+        // One lock, and no reference-count traffic when nothing changed:
+        // this runs for every Query, Parse and Bind.
+        let ticket = {
             let mut st = self.state.lock().unwrap();
             // Only a client the server has authenticated makes the guard
             // keep a database's catalog (and open a connection for it).
             if !self.catalog_asked && st.authenticated {
                 self.catalog_asked = true;
                 st.catalog = self.guard.catalogs.database(&self.info.database);
+                self.db = st.catalog.clone();
             }
-            (st.catalog.clone(), st.catalog_ticket.take())
+            // The reported search_path holds for the next statement only if
+            // nothing that may change it is still running: the server owes
+            // no reply but the current batch's, and that batch has executed
+            // nothing yet (names resolve when a statement is parsed and
+            // again when a prepared one runs: both happen after what came
+            // before).
+            let settled = st.idle() && !self.executed_in_batch;
+            let path = if settled { st.search_path.as_ref() } else { None };
+            let same = match (path, &self.search_path) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if !same {
+                self.search_path = path.cloned();
+            }
+            st.catalog_ticket.take()
         };
-        // The reported search_path holds for the next statement only if
-        // nothing that may change it is still running: the server owes no
-        // reply but the current batch's, and that batch has executed
-        // nothing yet (names resolve when a statement is parsed and again
-        // when a prepared one runs: both happen after what came before).
-        self.search_path = {
-            let st = self.state.lock().unwrap();
-            (st.idle() && !self.executed_in_batch)
-                .then(|| st.search_path.clone())
-                .flatten()
-        };
-        let Some(db) = db else { return };
-        let timeout =
-            std::time::Duration::from_secs(self.guard.settings.proxy.connect_timeout_secs.max(1));
-        if !self.catalog_waited {
-            self.catalog_waited = true;
-            db.wait_first(timeout).await;
+        let Some(db) = &self.db else { return };
+        if !self.catalog_waited || ticket.is_some() {
+            let db = db.clone();
+            let timeout = std::time::Duration::from_secs(
+                self.guard.settings.proxy.connect_timeout_secs.max(1),
+            );
+            if !self.catalog_waited {
+                self.catalog_waited = true;
+                db.wait_first(timeout).await;
+            }
+            if let Some(t) = ticket {
+                db.wait_for(t, timeout).await;
+            }
         }
-        if let Some(t) = ticket {
-            db.wait_for(t, timeout).await;
+        let db = self.db.as_ref().expect("set above");
+        if db.version() != self.catalog.as_ref().map_or(0, |c| c.version) {
+            self.catalog = db.current();
         }
-        self.catalog = db.current();
     }
 
     /// Returns the bytes to send instead of `frame`, if it is rejected, and
