@@ -130,9 +130,19 @@ pub fn ambiguous_mid_batch(text: &[u8], ascii_names: bool) -> Option<&'static st
     }
     // A backslash can be a character's second byte only right after a lead
     // byte (always >= 0x81); in UTF-8 text such a byte ends a non-ASCII
-    // character.
-    if text.windows(2).any(|w| w[0] >= 0x80 && w[1] == b'\\') {
-        return Some("it has a backslash right after a non-ASCII character");
+    // character. Folded away, it changes the parity of the backslash run it
+    // starts, and that moves where a string ends only if the run is
+    // followed by a quote (`E'é\\'`); before anything else (`E'é\\x'`) it
+    // changes the string's content, never its end.
+    for (i, w) in text.windows(2).enumerate() {
+        if w[0] >= 0x80 && w[1] == b'\\' {
+            let run = text[i + 1..].iter().take_while(|&&b| b == b'\\').count();
+            if text.get(i + 1 + run) == Some(&b'\'') {
+                return Some(
+                    "it has a backslash right after a non-ASCII character, before a quote",
+                );
+            }
+        }
     }
     if !text.contains(&b'\\') {
         return None;
@@ -406,6 +416,13 @@ mod tests {
             None
         );
         assert!(ambiguous_mid_batch("SELECT 'é\\'".as_bytes(), true).is_some());
+        assert!(ambiguous_mid_batch("SELECT E'é\\\\'".as_bytes(), true).is_some());
+        // Regression (psycopg's executemany): a backslash after a non-ASCII
+        // character, not before a quote, changes no string's end.
+        assert_eq!(
+            ambiguous_mid_batch("INSERT INTO t VALUES (E'é\\\\x', E'ü\\n')".as_bytes(), true),
+            None
+        );
         assert_eq!(ambiguous_mid_batch(b"SELECT '\\x8e12'::bytea", true), None);
     }
 

@@ -362,7 +362,11 @@ impl ClientSide {
             // again when a prepared one runs: both happen after what came
             // before).
             let settled = st.idle() && !self.executed_in_batch;
-            let path = if settled { st.search_path.as_ref() } else { None };
+            let path = if settled {
+                st.search_path.as_ref()
+            } else {
+                None
+            };
             let same = match (path, &self.search_path) {
                 (None, None) => true,
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),

@@ -44,6 +44,14 @@ with psycopg.connect(guard_url, autocommit=True, cursor_factory=psycopg.ClientCu
         check(e.diag.message_hint is not None, "simple: hint present")
     c.execute("INSERT INTO entitlements (user_id, sku, status) VALUES (%s, %s, 'ACTIVE')", [1, "PY-SIMPLE"])
     check(c.execute("SELECT 1").fetchone()[0] == 1, "simple: usable after rejection")
+    # executemany pipelines several statements in one batch: a literal with
+    # a backslash after a non-ASCII character (not before a quote) reads the
+    # same in every state, so it passes (regression: it was refused).
+    c.cursor().executemany(
+        "INSERT INTO entitlements (user_id, sku, status) VALUES (%s, %s, 'ACTIVE')",
+        [(1, "PY-MANY-1"), (1, "PY-é\\x")],
+    )
+    check(direct_count("SELECT count(*) FROM entitlements WHERE sku LIKE 'PY-%'") == 3, "simple: executemany with non-ASCII and backslashes")
 
 # Extended protocol (server-side parameters).
 with psycopg.connect(guard_url, autocommit=True) as c:
