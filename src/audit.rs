@@ -55,11 +55,31 @@ pub fn cap(s: &str, max: usize) -> (String, bool) {
 
 enum Sink {
     Stdout,
-    File(tokio::fs::File),
+    /// The open file and its (device, inode), to notice log rotation.
+    File(tokio::fs::File, (u64, u64)),
+}
+
+/// Opens the audit file for appending (creating it and its directory).
+async fn open_file(target: &str) -> std::io::Result<(tokio::fs::File, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(dir) = std::path::Path::new(target).parent() {
+        if !dir.as_os_str().is_empty() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+    }
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(target)
+        .await?;
+    let m = file.metadata().await?;
+    Ok((file, (m.dev(), m.ino())))
 }
 
 /// The audit log. Writes are serialised; each record is one `write_all` of
-/// a whole line to a file opened for append, then flushed.
+/// a whole line to a file opened for append, then flushed. It survives log
+/// rotation: before each record the path is checked, and a file renamed or
+/// removed from under it is replaced by a new one at the path.
 pub struct AuditLog {
     sink: Mutex<Sink>,
     pub max_statement_chars: usize,
@@ -71,18 +91,8 @@ impl AuditLog {
         let sink = if target == "-" {
             Sink::Stdout
         } else {
-            if let Some(dir) = std::path::Path::new(target).parent() {
-                if !dir.as_os_str().is_empty() {
-                    tokio::fs::create_dir_all(dir).await?;
-                }
-            }
-            Sink::File(
-                tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(target)
-                    .await?,
-            )
+            let (file, id) = open_file(target).await?;
+            Sink::File(file, id)
         };
         Ok(AuditLog {
             sink: Mutex::new(sink),
@@ -110,10 +120,33 @@ impl AuditLog {
                     Err(e) => Err(e),
                 }
             }
-            Sink::File(f) => match f.write_all(&line).await {
-                Ok(()) => f.flush().await,
-                Err(e) => Err(e),
-            },
+            Sink::File(f, id) => {
+                // Log rotation: if the path no longer names the open file
+                // (renamed away, or removed, by logrotate or an operator),
+                // reopen it, so the trail goes on at the configured path. A
+                // truncated file (copytruncate) is appended to as it is.
+                use std::os::unix::fs::MetadataExt;
+                let moved = match tokio::fs::metadata(&self.target).await {
+                    Ok(m) => (m.dev(), m.ino()) != *id,
+                    Err(_) => true,
+                };
+                if moved {
+                    match open_file(&self.target).await {
+                        Ok((file, new_id)) => {
+                            tracing::info!(target = %self.target, "audit log reopened (rotated)");
+                            *f = file;
+                            *id = new_id;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, target = %self.target, "cannot reopen the audit log; writing to the old file")
+                        }
+                    }
+                }
+                match f.write_all(&line).await {
+                    Ok(()) => f.flush().await,
+                    Err(e) => Err(e),
+                }
+            }
         };
         if let Err(e) = result {
             tracing::error!(

@@ -1,0 +1,52 @@
+//! The audit trail survives log rotation (issue 11, one part): a file
+//! renamed away (logrotate's default), removed, or truncated in place
+//! (copytruncate) does not lose a record; the trail goes on at the path.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn the_audit_log_survives_rotation() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    let reject = |id: i64| format!("UPDATE users SET email = email WHERE id = {id}");
+    let records = |p: &std::path::Path| read_jsonl(p).len();
+
+    assert_eq!(sqlstate(app.batch_execute(&reject(1)).await), "42501");
+    assert_eq!(records(&g.audit_path), 1);
+
+    // Renamed away (logrotate's default, with or without `create`).
+    let rotated = g.audit_path.with_extension("jsonl.1");
+    std::fs::rename(&g.audit_path, &rotated).unwrap();
+    assert_eq!(sqlstate(app.batch_execute(&reject(2)).await), "42501");
+    assert_eq!(records(&rotated), 1, "the rotated file keeps what it had");
+    assert_eq!(records(&g.audit_path), 1, "the next record is at the path");
+    assert!(g.audit()[0]["statement"]
+        .as_str()
+        .unwrap()
+        .contains("id = 2"));
+
+    // Renamed, and a new empty file created by the rotator.
+    std::fs::rename(&g.audit_path, g.audit_path.with_extension("jsonl.2")).unwrap();
+    std::fs::write(&g.audit_path, b"").unwrap();
+    assert_eq!(sqlstate(app.batch_execute(&reject(3)).await), "42501");
+    assert_eq!(records(&g.audit_path), 1);
+
+    // Removed.
+    std::fs::remove_file(&g.audit_path).unwrap();
+    assert_eq!(sqlstate(app.batch_execute(&reject(4)).await), "42501");
+    assert_eq!(records(&g.audit_path), 1);
+
+    // Truncated in place (copytruncate): appended from the start.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&g.audit_path)
+        .unwrap();
+    assert_eq!(sqlstate(app.batch_execute(&reject(5)).await), "42501");
+    let all = g.audit();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0]["statement"].as_str().unwrap().contains("id = 5"));
+}
