@@ -157,6 +157,7 @@ async fn reloader(
 ) {
     let period = Duration::from_secs(settings.refresh_secs.max(1));
     let mut client: Option<tokio_postgres::Client> = None;
+    let mut failures: u32 = 0;
     loop {
         let Some(this) = db.upgrade() else { return };
         let ticket = this.requested.load(Ordering::Acquire);
@@ -201,9 +202,14 @@ async fn reloader(
             }
         }
         this.done.send_replace(ticket);
+        // A catalog that cannot be read is retried soon, then less and less
+        // often (5 s, 10 s, 20 s, ... up to the period): a missing role
+        // should not fill the server's log.
         let wait = if client.is_none() {
-            period.min(Duration::from_secs(5))
+            failures += 1;
+            period.min(Duration::from_secs(5 << failures.min(4).saturating_sub(1)))
         } else {
+            failures = 0;
             period
         };
         // A reload asked for while this one ran goes again soon: after
