@@ -7,12 +7,11 @@
 //! `cargo bench --bench bigstatements`. Environment: BENCH_ROUNDS (default
 //! 3), ZONEGUARD_BIN (another zoneguard binary).
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use zoneguard::cluster::{free_port, Cluster};
+use zoneguard::cluster::{free_port, wait_for_port, Cluster};
 
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -82,14 +81,7 @@ allow = ["read"]
         .stdout(Stdio::null())
         .spawn()
         .expect("start zoneguard");
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "zoneguard did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

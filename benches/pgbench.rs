@@ -18,9 +18,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use zoneguard::cluster::{free_port, Cluster};
+use zoneguard::cluster::{free_port, wait_for_port, Cluster};
 use zoneguard::protocol;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -36,17 +36,6 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nothing listens on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// (utime, stime) of a process, in seconds.
@@ -156,7 +145,7 @@ fn start_floor(upstream: &str, unix_clients: bool) -> Spawned {
         .stdin(Stdio::null())
         .spawn()
         .expect("start the floor relay");
-    wait_port(port);
+    wait_for_port(port);
     Spawned { child, port, dir }
 }
 
@@ -234,7 +223,7 @@ fn start_pgbouncer(
         .stderr(Stdio::null());
     let child = cmd.spawn().ok()?;
     let pid = child.id();
-    wait_port(port);
+    wait_for_port(port);
     Some(PgBouncer {
         child,
         pid,
@@ -331,7 +320,7 @@ allow = ["read"]
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-    wait_port(port);
+    wait_for_port(port);
     Spawned { child, port, dir }
 }
 

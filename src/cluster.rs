@@ -95,6 +95,19 @@ fn server_dir(prefix: &str, run_as: Option<&str>) -> Result<tempfile::TempDir, C
     Ok(dir)
 }
 
+/// Waits until something listens on 127.0.0.1:`port` (a server the caller
+/// started), at most 20 s; panics otherwise (benchmarks and tests).
+pub fn wait_for_port(port: u16) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "nothing listens on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -50,6 +50,26 @@ struct ControlRecord<'a> {
     generation: u64,
 }
 
+impl<'a> ControlRecord<'a> {
+    /// A record of `event` with no switch, mode or error fields (set those
+    /// that apply).
+    fn new(event: &'a str, how: &'a str, who: &'a str, generation: u64) -> Self {
+        ControlRecord {
+            time: audit::now_rfc3339(),
+            event,
+            how,
+            who,
+            switch: None,
+            from: None,
+            to: None,
+            error: None,
+            mode_from: None,
+            mode_to: None,
+            generation,
+        }
+    }
+}
+
 /// Audits the change and every switch it flips, then swaps in `policy`.
 async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
     let old = guard.runtime.load_full();
@@ -66,17 +86,10 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
         guard
             .audit
             .write(&ControlRecord {
-                time: audit::now_rfc3339(),
-                event: "switch_flipped",
-                how,
-                who,
                 switch: Some(name),
                 from: *from,
                 to: Some(*to),
-                error: None,
-                mode_from: None,
-                mode_to: None,
-                generation,
+                ..ControlRecord::new("switch_flipped", how, who, generation)
             })
             .await;
     }
@@ -91,36 +104,16 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
         guard
             .audit
             .write(&ControlRecord {
-                time: audit::now_rfc3339(),
-                event: "mode_changed",
-                how,
-                who,
-                switch: None,
-                from: None,
-                to: None,
-                error: None,
                 mode_from: Some(old.policy.mode.as_str()),
                 mode_to: Some(policy.mode.as_str()),
-                generation,
+                ..ControlRecord::new("mode_changed", how, who, generation)
             })
             .await;
     }
     tracing::info!(how, who, generation, "policy loaded");
     guard
         .audit
-        .write(&ControlRecord {
-            time: audit::now_rfc3339(),
-            event: "policy_reloaded",
-            how,
-            who,
-            switch: None,
-            from: None,
-            to: None,
-            error: None,
-            mode_from: None,
-            mode_to: None,
-            generation,
-        })
+        .write(&ControlRecord::new("policy_reloaded", how, who, generation))
         .await;
     guard.runtime.store(Arc::new(Runtime {
         policy,
@@ -147,17 +140,13 @@ pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlEr
             guard
                 .audit
                 .write(&ControlRecord {
-                    time: audit::now_rfc3339(),
-                    event: "reload_refused",
-                    how,
-                    who,
-                    switch: None,
-                    from: None,
-                    to: None,
                     error: Some(e.to_string()),
-                    mode_from: None,
-                    mode_to: None,
-                    generation: guard.runtime.load().generation,
+                    ..ControlRecord::new(
+                        "reload_refused",
+                        how,
+                        who,
+                        guard.runtime.load().generation,
+                    )
                 })
                 .await;
             Err(e.into())

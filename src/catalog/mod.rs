@@ -133,6 +133,12 @@ pub struct Object {
 }
 
 impl Object {
+    /// Whether an access of kind `op` to this object goes through to what
+    /// it reads: a write or row lock through a view.
+    pub fn passes_through(&self, op: Op) -> bool {
+        self.kind == Kind::View && matches!(op, Op::Insert | Op::Update | Op::Delete | Op::Lock)
+    }
+
     /// An object with nothing hanging on it yet.
     pub fn new(name: RelationName, kind: Kind) -> Object {
         Object {
@@ -327,12 +333,14 @@ impl Catalog {
         let mut i = 0;
         while i < out.len() && out.len() < 100_000 {
             let o = self.object(out[i]);
-            let through_view = matches!(o.kind, Kind::View)
-                && matches!(op, Op::Insert | Op::Update | Op::Delete | Op::Lock);
             let next = o
                 .children
                 .iter()
-                .chain(if through_view { &o.reads[..] } else { &[] })
+                .chain(if o.passes_through(op) {
+                    &o.reads[..]
+                } else {
+                    &[]
+                })
                 .chain(if op == Op::Truncate || cascade {
                     &o.referenced_by[..]
                 } else {

@@ -48,8 +48,6 @@ pub struct DatabaseCatalog {
     requested: AtomicU64,
     done: watch::Sender<u64>,
     wake: Arc<Notify>,
-    /// Loads so far, for the version of each.
-    loads: AtomicU64,
     /// The last load's error, for the console.
     pub last_error: Mutex<Option<String>>,
 }
@@ -84,7 +82,6 @@ impl CatalogStore {
             requested: AtomicU64::new(1),
             done: watch::channel(0).0,
             wake: Arc::new(Notify::new()),
-            loads: AtomicU64::new(0),
             last_error: Mutex::new(None),
         });
         dbs.insert(database.to_owned(), db.clone());
@@ -181,7 +178,9 @@ async fn reloader(
         if let Some(c) = &client {
             match super::read_catalog(c, timeout).await {
                 Ok(mut catalog) => {
-                    catalog.version = this.loads.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Only this task stores catalogs: the next version is
+                    // the current one's successor.
+                    catalog.version = this.version() + 1;
                     tracing::debug!(
                         database = ?this.database,
                         objects = catalog.len(),

@@ -203,8 +203,7 @@ impl Policy {
                 // view's own `unlisted` zone; a view that reads no relation
                 // (its writes go to INSTEAD rules or triggers) is judged as
                 // itself.
-                let through_view = object.kind == catalog::Kind::View
-                    && matches!(access.op, Op::Insert | Op::Update | Op::Delete | Op::Lock)
+                let through_view = object.passes_through(access.op)
                     && !object.reads.is_empty()
                     && !self.listed(&object.name);
                 let zones = if through_view {
@@ -292,12 +291,9 @@ impl Policy {
         depth: usize,
     ) -> Vec<(&'p str, ObjectId)> {
         let o = cat.object(id);
-        if self.listed(&o.name) || depth >= catalog::MAX_DEPTH {
-            return self
-                .zones_of(&o.name)
-                .into_iter()
-                .map(|z| (z, id))
-                .collect();
+        let own = self.zones_of(&o.name);
+        if own != [UNLISTED_ZONE] || depth >= catalog::MAX_DEPTH {
+            return own.into_iter().map(|z| (z, id)).collect();
         }
         if let Some(owner) = o.owner {
             return self.zones_of_object(cat, owner, depth + 1);
