@@ -1,8 +1,12 @@
 //! The policy in force and its switches: hot reload (file change or SIGHUP),
-//! validated before it is swapped in, and switch flips from the admin
-//! console. The policy file is the single source of truth: a console flip
-//! writes the switch's new `default` back into it (comments and layout kept),
-//! so a flip survives reloads and restarts, and an edit of the file is a flip.
+//! validated before it is swapped in, and switch flips.
+//!
+//! The policy file keeps the rules and each switch's default; a flip changes
+//! the running position only and never reads or writes the file (so a flip
+//! works while someone's unfinished edit sits there, and applies nothing
+//! else). With the state database (`crate::state`) a flip is recorded there
+//! and every instance follows it; without one, a console flip holds on this
+//! instance until the file's default for that switch changes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::audit;
+use crate::guard::{Guard, Runtime};
 use crate::policy::{self, Policy};
-use crate::server::{Guard, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -27,6 +31,8 @@ pub enum ControlError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the switch state database did not record the flip, so nothing changed: {0}")]
+    State(String),
 }
 
 #[derive(Serialize)]
@@ -47,6 +53,11 @@ struct ControlRecord<'a> {
     mode_from: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mode_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    /// The state database's generation of a flip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    switch_generation: Option<i64>,
     generation: u64,
 }
 
@@ -65,38 +76,34 @@ impl<'a> ControlRecord<'a> {
             error: None,
             mode_from: None,
             mode_to: None,
+            reason: None,
+            switch_generation: None,
             generation,
         }
     }
 }
 
-/// Audits the change and every switch it flips, then swaps in `policy`.
+/// Audits the change and every switch it moves, then swaps in `policy`
+/// with the flipped positions kept (invariant 1 of `crate::state`). Without
+/// a state database, a switch whose default the new file changes follows
+/// the file: an edit of the default is a flip.
 async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
     let old = guard.runtime.load_full();
-    let switches = policy.default_switches();
-    let generation = old.generation + 1;
-    let flips: Vec<(String, Option<bool>, bool)> = switches
-        .iter()
-        .filter(|(k, v)| old.switches.get(*k) != Some(v))
-        .map(|(k, v)| (k.clone(), old.switches.get(k).copied(), *v))
-        .collect();
-    // The records are on disk before the change takes effect.
-    for (name, from, to) in &flips {
-        tracing::warn!(switch = %name, ?from, to, how, who, "switch flipped");
-        guard
-            .audit
-            .write(&ControlRecord {
-                switch: Some(name),
-                from: *from,
-                to: Some(*to),
-                ..ControlRecord::new("switch_flipped", how, who, generation)
-            })
-            .await;
+    let mut flipped = old.flipped.clone();
+    flipped.retain(|name, _| policy.switches.contains_key(name));
+    if !guard.state.enabled() {
+        flipped.retain(|name, _| {
+            old.policy.switches.get(name).map(|s| s.default)
+                == policy.switches.get(name).map(|s| s.default)
+        });
     }
-    if old.policy.mode != policy.mode {
+    let generation = old.generation + 1;
+    let new = Runtime::new(policy, flipped, generation);
+    audit_moves(guard, &old, &new, how, who, None).await;
+    if old.policy.mode != new.policy.mode {
         tracing::warn!(
             from = old.policy.mode.as_str(),
-            to = policy.mode.as_str(),
+            to = new.policy.mode.as_str(),
             how,
             who,
             "policy mode changed"
@@ -105,7 +112,7 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
             .audit
             .write(&ControlRecord {
                 mode_from: Some(old.policy.mode.as_str()),
-                mode_to: Some(policy.mode.as_str()),
+                mode_to: Some(new.policy.mode.as_str()),
                 ..ControlRecord::new("mode_changed", how, who, generation)
             })
             .await;
@@ -115,16 +122,115 @@ async fn install(guard: &Guard, policy: Policy, how: &str, who: &str) {
         .audit
         .write(&ControlRecord::new("policy_reloaded", how, who, generation))
         .await;
-    guard.runtime.store(Arc::new(Runtime {
-        policy,
-        switches,
-        generation,
-    }));
+    swap(guard, new);
+}
+
+/// Audits every switch whose position differs between `old` and `new`;
+/// the records are on disk before the change takes effect.
+async fn audit_moves(
+    guard: &Guard,
+    old: &Runtime,
+    new: &Runtime,
+    how: &str,
+    who: &str,
+    reason: Option<&str>,
+) {
+    for (name, to) in &new.switches {
+        let from = old.switches.get(name).copied();
+        if from == Some(*to) {
+            continue;
+        }
+        let switch_generation = new
+            .flipped
+            .get(name)
+            .map(|f| f.generation)
+            .filter(|g| *g > 0);
+        let moved = Move {
+            name,
+            from,
+            to: *to,
+            switch_generation,
+        };
+        record_move(guard, &moved, how, who, reason, new.generation).await;
+    }
+}
+
+/// A switch that moved.
+struct Move<'a> {
+    name: &'a str,
+    from: Option<bool>,
+    to: bool,
+    switch_generation: Option<i64>,
+}
+
+async fn record_move(
+    guard: &Guard,
+    m: &Move<'_>,
+    how: &str,
+    who: &str,
+    reason: Option<&str>,
+    generation: u64,
+) {
+    let Move {
+        name,
+        from,
+        to,
+        switch_generation,
+    } = *m;
+    tracing::warn!(switch = %name, ?from, to, how, who, ?reason, ?switch_generation, "switch flipped");
+    guard
+        .audit
+        .write(&ControlRecord {
+            switch: Some(name),
+            from,
+            to: Some(to),
+            reason,
+            switch_generation,
+            ..ControlRecord::new("switch_flipped", how, who, generation)
+        })
+        .await;
+}
+
+fn swap(guard: &Guard, new: Runtime) {
+    let generation = new.generation;
+    guard.runtime.store(Arc::new(new));
     guard
         .generation
         .store(generation, std::sync::atomic::Ordering::Release);
 }
 
+/// Applies the state database's positions that are newer than those in
+/// force (`crate::state::newer`); returns whether anything changed.
+pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how: &str) -> bool {
+    let _serial = guard.control_lock.lock().await;
+    let old = guard.runtime.load_full();
+    let newer = crate::state::newer(&old.flipped, &old.policy, rows);
+    if newer.is_empty() {
+        return false;
+    }
+    let mut flipped = old.flipped.clone();
+    flipped.extend(newer.iter().cloned());
+    let new = Runtime::new(old.policy.clone(), flipped, old.generation + 1);
+    // One record per switch that moved, naming who flipped it and why.
+    for (name, f) in &newer {
+        let (from, to) = (old.switches.get(name).copied(), new.switches[name]);
+        if from == Some(to) {
+            continue;
+        }
+        let row = rows.iter().find(|r| &r.name == name);
+        let who = row.and_then(|r| r.changed_by.as_deref()).unwrap_or("");
+        let reason = row.and_then(|r| r.reason.as_deref());
+        let moved = Move {
+            name,
+            from,
+            to,
+            switch_generation: Some(f.generation),
+        };
+        record_move(guard, &moved, how, who, reason, new.generation).await;
+    }
+    swap(guard, new);
+    true
+}
 /// Reloads the policy file. An invalid file is refused, logged and audited;
 /// the running policy stays in force.
 pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlError> {
@@ -154,27 +260,51 @@ pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlEr
     }
 }
 
-/// Flips a switch: written into the policy file (when there is one), then
-/// swapped in. Takes effect for every session's next statement.
+/// Flips a switch (`on` None: back to the policy file's default). With a
+/// state database the flip is recorded there first (and every instance
+/// follows it); without one it holds on this instance. Takes effect for
+/// every session's next statement; prepared statements are judged again.
 pub async fn set_switch(
     guard: &Guard,
     name: &str,
-    on: bool,
+    on: Option<bool>,
     who: &str,
+    reason: Option<&str>,
 ) -> Result<(), ControlError> {
-    let _serial = guard.control_lock.lock().await;
-    let current = guard.runtime.load_full();
-    if !current.policy.switches.contains_key(name) {
+    if !guard.runtime.load().policy.switches.contains_key(name) {
         return Err(ControlError::UnknownSwitch(name.to_string()));
     }
-    let mut policy = current.policy.clone();
-    if let Some(path) = guard.policy_path.as_deref() {
-        let (from_file, _) = write_switch(path, name, on)?;
-        policy = from_file;
-    } else if let Some(sw) = policy.switches.get_mut(name) {
-        sw.default = on;
+    if guard.state.enabled() {
+        let state = &guard.state;
+        let recorded = async {
+            let client = state.client(guard).await?;
+            crate::state::flip(&client, name, on, who, reason, Some(&state.instance)).await
+        }
+        .await
+        .map_err(|e| ControlError::State(e.explain()))?;
+        let row = crate::state::Position {
+            name: name.to_string(),
+            on,
+            generation: recorded.generation,
+            changed_by: Some(who.to_string()),
+            reason: reason.map(str::to_string),
+        };
+        apply_positions(guard, &[row], "console").await;
+        return Ok(());
     }
-    install(guard, policy, "console", who).await;
+    let _serial = guard.control_lock.lock().await;
+    let old = guard.runtime.load_full();
+    let mut flipped = old.flipped.clone();
+    match on {
+        Some(_) => flipped.insert(
+            name.to_string(),
+            crate::guard::Flipped { on, generation: 0 },
+        ),
+        None => flipped.remove(name),
+    };
+    let new = Runtime::new(old.policy.clone(), flipped, old.generation + 1);
+    audit_moves(guard, &old, &new, "console", who, reason).await;
+    swap(guard, new);
     Ok(())
 }
 
@@ -193,18 +323,6 @@ pub async fn set_mode(guard: &Guard, mode: policy::Mode, who: &str) -> Result<()
     }
     install(guard, policy, "console", who).await;
     Ok(())
-}
-
-/// Rewrites `[switches.<name>] default` in the file, keeping everything
-/// else, via a temporary file and a rename; returns the validated result.
-fn write_switch(
-    path: &Path,
-    name: &str,
-    on: bool,
-) -> Result<(Policy, policy::Settings), ControlError> {
-    edit_file(path, |doc| {
-        doc["switches"][name]["default"] = toml_edit::value(on);
-    })
 }
 
 /// Edits the policy file, keeping everything else (comments, layout), via
@@ -228,9 +346,18 @@ fn edit_file(
     edit(&mut doc);
     let new_text = doc.to_string();
     let parsed = policy::parse(&new_text, path)?;
-    let tmp = path.with_extension("toml.zoneguard-tmp");
+    // A name of its own per write: instances sharing a directory never
+    // rename each other's half-written file.
+    let tmp = path.with_extension(format!(
+        "toml.zoneguard-tmp.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::write(&tmp, &new_text).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })?;
     Ok(parsed)
 }
 

@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use tokio::net::{TcpListener, UnixListener};
 
 use zoneguard::cluster::Cluster;
+use zoneguard::guard::Guard;
 use zoneguard::policy::{self, Policy, Settings};
-use zoneguard::server::{self, Guard};
+use zoneguard::server;
 
 /// The policy that ships with zoneguard, used by `demo` when no policy file
 /// is found.
@@ -81,6 +82,14 @@ enum Command {
     GenLegacy(zoneguard::backfill::GenLegacyArgs),
     /// Benchmark the backfill on a throwaway cluster with generated data.
     BenchBackfill(zoneguard::backfill::BenchBackfillArgs),
+    /// Create the switch state database's schema and role (run once, as a
+    /// superuser; idempotent): every instance then keeps the switches'
+    /// positions there and follows each flip within a second.
+    InstallState(zoneguard::state::cli::InstallStateArgs),
+    /// Flip or show the kill switches of every instance, through the state
+    /// database (no console needed).
+    #[command(subcommand)]
+    Switch(zoneguard::state::cli::SwitchCommand),
     /// Print the SQL of an event trigger that tells the guard at once when
     /// DDL changes a database's catalog (run it as a superuser in each
     /// fronted database: `zoneguard catalog-trigger | psql -U postgres DB`).
@@ -204,6 +213,12 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Some(Command::HashPassword { .. } | Command::CatalogTrigger) => {
                 unreachable!("handled above")
+            }
+            Some(Command::InstallState(ref args)) => {
+                zoneguard::state::cli::install_state(args).await
+            }
+            Some(Command::Switch(ref cmd)) => {
+                zoneguard::state::cli::switch(cmd, load_policy_settings(&cli)).await
             }
             Some(Command::Explain {
                 ref sql,
@@ -498,6 +513,11 @@ async fn grants(
 }
 
 fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {
+    Ok(load_policy_settings(cli)?)
+}
+
+/// The policy file with the command line's overrides.
+fn load_policy_settings(cli: &Cli) -> Result<(Policy, Settings), policy::PolicyError> {
     let (policy, mut settings) = policy::load(&cli.policy)?;
     if let Some(l) = &cli.listen {
         settings.proxy.listen = l.clone();
@@ -506,7 +526,10 @@ fn load_policy(cli: &Cli) -> anyhow::Result<(Policy, Settings)> {
         settings.proxy.unix_socket_dir = d.clone();
     }
     if let Some(u) = &cli.upstream {
-        zoneguard::net::Endpoint::parse(u).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
+        zoneguard::net::Endpoint::parse(u).map_err(|message| policy::PolicyError::Settings {
+            path: "--upstream".into(),
+            message,
+        })?;
         settings.proxy.upstream = u.clone();
     }
     if let Some(a) = &cli.audit_file {
@@ -557,6 +580,7 @@ async fn start(
         .await
         .context("cannot start the guard (audit log or [proxy] upstream)")?;
     zoneguard::control::spawn_watchers(guard.clone());
+    zoneguard::state::start(guard.clone()).await;
     Ok((Listeners { tcp, unix }, guard))
 }
 
@@ -593,8 +617,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
 
 async fn demo(cli: &Cli) -> anyhow::Result<()> {
     // The demo works on a copy of the policy in a temporary directory, so
-    // that switch flips on its console (written back to the file) and its
-    // audit log never touch the checkout.
+    // that its console's SET MODE (written back to the file) and its audit
+    // log never touch the checkout.
     let dir = tempfile::Builder::new()
         .prefix("zoneguard-demo-")
         .tempdir()?;
@@ -619,7 +643,16 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
     };
     let (policy, mut settings) = load_policy(&demo_cli)?;
     eprintln!("starting a throwaway PostgreSQL ...");
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start_seeded("shop")).await??;
+    let cluster = tokio::task::spawn_blocking(|| {
+        let c = Cluster::start_seeded("shop")?;
+        // The switches' shared state, as `zoneguard install-state` makes it.
+        c.psql(
+            "postgres",
+            &zoneguard::state::install_sql("zoneguard_state", None),
+        )?;
+        Ok::<_, zoneguard::cluster::ClusterError>(c)
+    })
+    .await??;
     settings.proxy.upstream = cluster.addr();
     let (listeners, guard) = start(policy, settings, Some(copy.clone())).await?;
     let addr = listeners.tcp.local_addr()?;
@@ -639,6 +672,10 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
             addr.port()
         );
     }
+    println!(
+        "  flip for every instance: zoneguard switch set enable_new_commerce off --reason test --database-url {}",
+        cluster.url("zoneguard_state", "postgres")
+    );
     println!("  policy (a copy):    {}", copy.display());
     println!("  audit log:          {}", guard.audit.target);
     println!("Ctrl-C stops the guard and deletes the database.");

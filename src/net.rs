@@ -195,3 +195,150 @@ mod tests {
         }
     }
 }
+
+/// Why one of the guard's own upstream connections failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnConnectionError {
+    #[error("could not reach the database server: {0}")]
+    Connect(#[from] io::Error),
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Who one of the guard's own connections (the catalog reader, the switch
+/// state) logs in as.
+pub struct Login<'a> {
+    pub user: &'a str,
+    /// Empty: the passfile's (PGPASSFILE, else ~/.pgpass), if it has one.
+    pub password: &'a str,
+    pub database: &'a str,
+    pub application_name: &'a str,
+}
+
+impl Endpoint {
+    /// Opens one of the guard's own connections, within twice `timeout`.
+    /// Notifications (after a LISTEN) go to `on_notify(channel, payload)`;
+    /// the connection lives as long as the client.
+    pub async fn own_connection(
+        &self,
+        login: &Login<'_>,
+        timeout: Duration,
+        on_notify: impl Fn(&str, &str) + Send + 'static,
+    ) -> Result<tokio_postgres::Client, OwnConnectionError> {
+        let work = async {
+            let stream = self.connect(timeout).await?;
+            let mut config = tokio_postgres::Config::new();
+            config
+                .user(login.user)
+                .dbname(login.database)
+                .application_name(login.application_name);
+            if !login.password.is_empty() {
+                config.password(login.password);
+            } else if let Some(p) = self.passfile_password(login.database, login.user) {
+                config.password(p);
+            }
+            let (client, mut connection) =
+                config.connect_raw(stream, tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) =
+                    std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                {
+                    if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                        on_notify(n.channel(), n.payload());
+                    }
+                }
+            });
+            Ok::<_, OwnConnectionError>(client)
+        };
+        tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 2, work)
+            .await
+            .map_err(|_| OwnConnectionError::Timeout)?
+    }
+
+    /// The password for `database` and `user` on this server in the
+    /// passfile, as libpq looks it up (PGPASSFILE, else ~/.pgpass; lines
+    /// `host:port:database:user:password`, `*` matches anything, `\` escapes;
+    /// a Unix socket is host `localhost`). The file is ignored when group
+    /// or others can read it, as libpq does.
+    pub fn passfile_password(&self, database: &str, user: &str) -> Option<String> {
+        let path = std::env::var_os("PGPASSFILE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "passfile ignored: it is readable by group or others (chmod 0600)");
+                return None;
+            }
+        }
+        let text = std::fs::read_to_string(&path).ok()?;
+        let (host, port) = match self {
+            Endpoint::Tcp(addr) => {
+                let (h, p) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
+                (h.trim_matches(['[', ']']).to_string(), p.to_string())
+            }
+            Endpoint::Unix(path) => {
+                let port = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(".s.PGSQL."))
+                    .unwrap_or("5432")
+                    .to_string();
+                ("localhost".to_string(), port)
+            }
+        };
+        passfile_lookup(&text, &[&host, &port, database, user])
+    }
+}
+
+/// The password of the first passfile line whose four fields match `want`.
+fn passfile_lookup(text: &str, want: &[&str; 4]) -> Option<String> {
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = Vec::with_capacity(5);
+        let mut field = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => field.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        if fields.len() == 5
+            && fields[..4]
+                .iter()
+                .zip(want)
+                .all(|(f, w)| f == "*" || f == w)
+        {
+            return fields.pop();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod passfile_tests {
+    use super::passfile_lookup;
+
+    #[test]
+    fn the_first_matching_line_wins_with_wildcards_and_escapes() {
+        let text = "# comment\nother:5432:*:*:no\n127.0.0.1:6000:postgres:zoneguard_state:s\\:ecret\\\\\n*:*:*:*:fallback\n";
+        assert_eq!(
+            passfile_lookup(text, &["127.0.0.1", "6000", "postgres", "zoneguard_state"]).as_deref(),
+            Some("s:ecret\\")
+        );
+        assert_eq!(
+            passfile_lookup(text, &["127.0.0.1", "6001", "postgres", "x"]).as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(passfile_lookup("a:b:c:d\n", &["a", "b", "c", "d"]), None);
+    }
+}

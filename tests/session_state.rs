@@ -139,14 +139,6 @@ async fn startup_and(g: &TestGuard, params: &[(&str, &str)], then: &[u8]) -> Tcp
     s
 }
 
-async fn admin(g: &TestGuard) -> tokio_postgres::Client {
-    connect_url(&format!(
-        "postgresql://zgadmin:zgadmin@127.0.0.1:{}/zoneguard",
-        g.addr.port()
-    ))
-    .await
-}
-
 /// In SJIS `0x81 0x5c` is one character; read as UTF-8 it is `Ё` (d0 81)
 /// followed by a backslash, which escapes the quote in an E'' string. The
 /// server runs the DELETE; a guard reading UTF-8 sees one string.

@@ -6,14 +6,6 @@ mod common;
 
 use common::*;
 
-async fn admin(g: &TestGuard) -> tokio_postgres::Client {
-    connect_url(&format!(
-        "postgresql://zgadmin:zgadmin@127.0.0.1:{}/zoneguard",
-        g.addr.port()
-    ))
-    .await
-}
-
 fn events<'a>(audit: &'a [serde_json::Value], event: &str) -> Vec<&'a serde_json::Value> {
     audit.iter().filter(|r| r["event"] == event).collect()
 }

@@ -18,13 +18,13 @@ use tokio::io::AsyncWriteExt;
 
 use crate::audit::SessionInfo;
 use crate::control;
+use crate::guard::Guard;
 use crate::protocol::{self, Severity, Startup};
-use crate::server::Guard;
 
 /// The virtual database name that opens the console.
 pub const DATABASE: &str = "zoneguard";
 
-const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; SHOW CATALOGS; SHOW MODE; SET MODE enforce|shadow; EXPLAIN VERDICT 'sql' [AS ROLE r] [IN DATABASE d]; RELOAD; RELOAD CATALOG";
+const HELP: &str = "commands: SHOW SWITCHES; SET SWITCH <name> = on|off|default [REASON '...']; SHOW STATE; SHOW INSTANCES; SHOW FLIPS; SHOW POLICY; SHOW ZONES; SHOW CLIENTS; SHOW STATS; SHOW CATALOGS; SHOW MODE; SET MODE enforce|shadow; EXPLAIN VERDICT 'sql' [AS ROLE r] [IN DATABASE d]; RELOAD; RELOAD CATALOG";
 
 async fn fatal(client: &mut Stream, code: &str, msg: &str) {
     let _ = client
@@ -176,6 +176,42 @@ fn on_off(b: bool) -> String {
     if b { "on" } else { "off" }.to_string()
 }
 
+/// Splits a trailing `REASON 'text'` (a SQL string literal, '' for a
+/// quote) off a command.
+fn split_reason(cmd: &str) -> Result<(&str, Option<String>), String> {
+    let lower = cmd.to_ascii_lowercase();
+    let Some(at) = lower
+        .match_indices("reason")
+        .map(|(i, _)| i)
+        .find(|&i| i > 0 && cmd[..i].ends_with(char::is_whitespace))
+    else {
+        return Ok((cmd, None));
+    };
+    let rest = cmd[at + 6..].trim_start();
+    let Some(body) = rest.strip_prefix('\'') else {
+        return Err("REASON takes a quoted string: REASON 'why'".into());
+    };
+    let mut text = String::new();
+    let mut chars = body.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c != '\'' {
+            text.push(c);
+            continue;
+        }
+        if chars.peek().is_some_and(|(_, n)| *n == '\'') {
+            chars.next();
+            text.push('\'');
+            continue;
+        }
+        let tail = body[i + 1..].trim().trim_end_matches(';').trim();
+        if !tail.is_empty() {
+            return Err(format!("unexpected {tail:?} after REASON '...'"));
+        }
+        return Ok((&cmd[..at], Some(text)));
+    }
+    Err("REASON '...' is missing its closing quote".into())
+}
+
 /// Runs one console command.
 async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String> {
     let trimmed = cmd.trim().trim_end_matches(';').trim_end();
@@ -185,12 +221,16 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
     {
         return explain_verdict(guard, &trimmed[15..]);
     }
+    let (cmd, reason) = split_reason(cmd)?;
     let words: Vec<String> = cmd
         .split(|c: char| c.is_whitespace() || c == '=')
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect();
     let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    if reason.is_some() && !matches!(w.as_slice(), ["set", "switch", ..]) {
+        return Err("REASON '...' goes with SET SWITCH only".into());
+    }
     let rt = guard.runtime.load();
     match w.as_slice() {
         ["show", "switches"] => {
@@ -199,25 +239,143 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
                 .switches
                 .iter()
                 .map(|(name, sw)| {
+                    let source = match rt.flipped.get(name) {
+                        Some(f) if f.generation > 0 && f.on.is_some() => {
+                            format!("state database (generation {})", f.generation)
+                        }
+                        Some(f) if f.on.is_some() => "flipped on this instance".to_string(),
+                        _ => "policy file default".to_string(),
+                    };
                     vec![
                         name.clone(),
                         on_off(rt.switches.get(name).copied().unwrap_or(sw.default)),
+                        on_off(sw.default),
+                        source,
                         sw.description.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
-            Ok(table(&["name", "position", "description"], &rows, "SHOW"))
+            Ok(table(
+                &["name", "position", "default", "source", "description"],
+                &rows,
+                "SHOW",
+            ))
         }
         ["set", "switch", name, pos] | ["set", "switch", name, "to", pos] => {
             let on = match *pos {
-                "on" | "true" | "1" | "yes" => true,
-                "off" | "false" | "0" | "no" => false,
-                other => return Err(format!("switch position must be on or off, not {other:?}")),
+                "on" | "true" | "1" | "yes" => Some(true),
+                "off" | "false" | "0" | "no" => Some(false),
+                "default" => None,
+                other => {
+                    return Err(format!(
+                        "switch position must be on, off or default, not {other:?}"
+                    ))
+                }
             };
-            control::set_switch(guard, name, on, &format!("console:{admin}"))
-                .await
-                .map_err(|e| e.to_string())?;
+            control::set_switch(
+                guard,
+                name,
+                on,
+                &format!("console:{admin}"),
+                reason.as_deref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             Ok(protocol::command_complete("SET SWITCH"))
+        }
+        ["show", "state"] => {
+            let st = &guard.state;
+            let rows = vec![
+                vec!["status".to_string(), st.status().to_string()],
+                vec!["database".to_string(), st.settings.database.clone()],
+                vec!["instance".to_string(), st.instance.clone()],
+                vec![
+                    "confirmed_ms_ago".to_string(),
+                    st.staleness()
+                        .map_or("never".to_string(), |d| d.as_millis().to_string()),
+                ],
+                vec![
+                    "switch_generation".to_string(),
+                    rt.switch_generation().to_string(),
+                ],
+                vec!["policy_checksum".to_string(), rt.policy.checksum()],
+            ];
+            Ok(table(&["key", "value"], &rows, "SHOW"))
+        }
+        ["show", "instances"] => {
+            let st = &guard.state;
+            let client = st.client(guard).await.map_err(|e| e.explain())?;
+            let silent = crate::state::silent_after(&st.settings);
+            let list = crate::state::instances(&client, silent)
+                .await
+                .map_err(|e| e.explain())?;
+            let rows: Vec<Vec<String>> = list
+                .into_iter()
+                .map(|i| {
+                    vec![
+                        i.instance,
+                        i.status,
+                        i.policy_checksum,
+                        i.switch_generation.to_string(),
+                        i.positions,
+                        i.stale_ms.map_or("never".into(), |m| m.to_string()),
+                        i.last_seen_ms.to_string(),
+                        i.version,
+                        i.started_at,
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "instance",
+                    "status",
+                    "policy_checksum",
+                    "switch_generation",
+                    "positions",
+                    "confirmed_ms_ago",
+                    "last_seen_ms_ago",
+                    "version",
+                    "started_at",
+                ],
+                &rows,
+                "SHOW",
+            ))
+        }
+        ["show", "flips"] => {
+            let client = guard.state.client(guard).await.map_err(|e| e.explain())?;
+            let list = crate::state::flips(&client, 50)
+                .await
+                .map_err(|e| e.explain())?;
+            let pos = |p: Option<bool>| p.map_or("default".to_string(), on_off);
+            let rows: Vec<Vec<String>> = list
+                .into_iter()
+                .map(|f| {
+                    vec![
+                        f.at,
+                        f.switch,
+                        pos(f.from),
+                        pos(f.to),
+                        f.generation.to_string(),
+                        f.who,
+                        f.reason.unwrap_or_default(),
+                        f.instance.unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "at",
+                    "switch",
+                    "from",
+                    "to",
+                    "generation",
+                    "who",
+                    "reason",
+                    "instance",
+                ],
+                &rows,
+                "SHOW",
+            ))
         }
         ["show", "policy"] | ["show", "rules"] => {
             let rows: Vec<Vec<String>> = rt

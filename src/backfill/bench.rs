@@ -13,8 +13,9 @@ use super::gen::{generate, GenOptions};
 use super::mapping::Mapping;
 use super::run::{connect, pg_error, run, Options};
 use crate::cluster::Cluster;
+use crate::guard::Guard;
 use crate::policy;
-use crate::server::{self, Guard};
+use crate::server;
 
 const SHIPPED_POLICY: &str = include_str!("../../policy.toml");
 /// The demo mapping, also used by the benchmark.

@@ -20,6 +20,16 @@ pub enum LoadError {
     Timeout,
 }
 
+impl From<crate::net::OwnConnectionError> for LoadError {
+    fn from(e: crate::net::OwnConnectionError) -> Self {
+        match e {
+            crate::net::OwnConnectionError::Connect(e) => LoadError::Connect(e),
+            crate::net::OwnConnectionError::Postgres(e) => LoadError::Postgres(e),
+            crate::net::OwnConnectionError::Timeout => LoadError::Timeout,
+        }
+    }
+}
+
 /// Schemas whose relations the guard does not resolve: TOAST tables are
 /// never named in SQL. pg_catalog is read: it is searched first, so a name
 /// there shadows a user table of the same name (invariant 1).
@@ -50,35 +60,26 @@ pub async fn connect(
     timeout: Duration,
     on_notify: impl Fn() + Send + 'static,
 ) -> Result<tokio_postgres::Client, LoadError> {
-    let work = async {
-        let stream = upstream.connect(timeout).await?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .user(&settings.user)
-            .dbname(database)
-            .application_name("zoneguard catalog");
-        if !settings.password.is_empty() {
-            config.password(&settings.password);
-        }
-        let (client, mut connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            // Drives the connection, and hands notifications on.
-            while let Some(Ok(msg)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
-                    if n.channel() == NOTIFY_CHANNEL {
-                        on_notify();
-                    }
-                }
-            }
-        });
-        client
-            .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
-            .await?;
-        Ok::<_, LoadError>(client)
+    let login = crate::net::Login {
+        user: &settings.user,
+        password: &settings.password,
+        database,
+        application_name: "zoneguard catalog",
     };
-    tokio::time::timeout(timeout.max(Duration::from_secs(1)) * 2, work)
-        .await
-        .map_err(|_| LoadError::Timeout)?
+    let client = upstream
+        .own_connection(&login, timeout, move |channel, _| {
+            if channel == NOTIFY_CHANNEL {
+                on_notify();
+            }
+        })
+        .await?;
+    tokio::time::timeout(
+        timeout.max(Duration::from_secs(1)) * 2,
+        client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}")),
+    )
+    .await
+    .map_err(|_| LoadError::Timeout)??;
+    Ok(client)
 }
 
 /// Reads the catalog over an open connection.

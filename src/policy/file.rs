@@ -50,6 +50,9 @@ struct PolicyFile {
     #[allow(dead_code)]
     catalog: Option<toml::Value>,
     #[serde(default)]
+    #[allow(dead_code)]
+    state: Option<toml::Value>,
+    #[serde(default)]
     defaults: DefaultsFile,
     #[serde(default)]
     zones: BTreeMap<Spanned<String>, ZoneFile>,
@@ -182,6 +185,9 @@ fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
     }
     if cfg.get_table("catalog").is_ok() {
         settings.catalog = cfg.get("catalog").map_err(err)?;
+    }
+    if cfg.get_table("state").is_ok() {
+        settings.state = cfg.get("state").map_err(err)?;
     }
     if let Err(message) = crate::net::Endpoint::parse(&settings.proxy.upstream) {
         return Err(PolicyError::Settings {

@@ -209,6 +209,16 @@ impl Policy {
     }
 
     /// The switch positions a fresh start begins with.
+    /// A short digest of everything that decides verdicts (zones, rules,
+    /// switches and their defaults, roles, mode, console users), but not
+    /// the operational settings, which differ from instance to instance:
+    /// instances with the same checksum judge alike (SHOW INSTANCES).
+    pub fn checksum(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{self:?}").as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn default_switches(&self) -> BTreeMap<String, bool> {
         self.switches
             .iter()
@@ -225,6 +235,44 @@ pub struct Settings {
     pub proxy: ProxySettings,
     pub audit: AuditSettings,
     pub catalog: CatalogSettings,
+    pub state: StateSettings,
+}
+
+/// Where the switches' live positions are kept: a small schema in one
+/// database of the upstream server, shared by every instance (see
+/// `crate::state`). Off, or unreachable at start: each switch is at its
+/// policy-file default until flipped on this instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateSettings {
+    pub enabled: bool,
+    /// The database holding the `zoneguard` schema (`zoneguard install-state`).
+    pub database: String,
+    /// The role the guard connects as (created by install-state).
+    pub user: String,
+    /// Its password, if the server asks for one: better through
+    /// ZONEGUARD__STATE__PASSWORD, or a passfile (PGPASSFILE, ~/.pgpass).
+    pub password: String,
+    /// Re-read the positions this often even without a notification.
+    pub refresh_ms: u64,
+    /// Report this instance (policy checksum, generation applied) this often.
+    pub heartbeat_secs: u64,
+    /// This instance's name in SHOW INSTANCES ("" = host name and listen port).
+    pub instance: String,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings {
+            enabled: true,
+            database: "postgres".into(),
+            user: "zoneguard_state".into(),
+            password: String::new(),
+            refresh_ms: 1000,
+            heartbeat_secs: 5,
+            instance: String::new(),
+        }
+    }
 }
 
 /// The guard's own upstream connection that reads the catalog (see

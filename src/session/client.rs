@@ -16,9 +16,9 @@ use super::state::{PendingOp, Prepared, SessionState};
 use super::ClientEnd;
 use crate::audit::{self, AuditRecord, SessionInfo};
 use crate::classify::{reading, Deallocate, Special, StatementInfo};
+use crate::guard::{Guard, Runtime};
 use crate::policy::{Denial, Facts, Verdict};
 use crate::protocol::{self, ProtocolError, Severity};
-use crate::server::{Guard, Runtime};
 
 /// Largest message accepted from a client before the server has
 /// authenticated it: PostgreSQL's own limit on an authentication token

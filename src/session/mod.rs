@@ -16,9 +16,9 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::admission::{Slot, Ticket};
 use crate::audit::{self, SessionInfo};
+use crate::guard::Guard;
 use crate::net;
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
-use crate::server::Guard;
 
 pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String, ticket: Ticket) {
     let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
@@ -109,7 +109,7 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String, tic
     let id = info.id;
     guard.clients_registry.lock().unwrap().insert(
         id,
-        crate::server::ClientEntry {
+        crate::guard::ClientEntry {
             user: info.user.clone(),
             database: info.database.clone(),
             application_name: info.application_name.clone(),

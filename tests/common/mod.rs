@@ -10,8 +10,9 @@ use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio_postgres::{Client, NoTls};
 use zoneguard::cluster::{Cluster, SAMPLE_SQL, SCHEMA_SQL};
+use zoneguard::guard::Guard;
 use zoneguard::policy;
-use zoneguard::server::{self, Guard};
+use zoneguard::server;
 
 pub const SHIPPED_POLICY: &str = include_str!("../../policy.toml");
 
@@ -61,20 +62,46 @@ impl TestGuard {
     }
 
     pub async fn start_with_upstream(policy_text: &str, upstream: &str) -> TestGuard {
-        Self::start_full(policy_text, upstream, false).await
+        Self::start_full(policy_text, upstream, false, None).await
     }
 
     /// Also listening on a Unix-domain socket in `socket_dir`.
     pub async fn start_with_unix_socket(policy_text: &str) -> TestGuard {
-        Self::start_full(policy_text, &cluster().addr(), true).await
+        Self::start_full(policy_text, &cluster().addr(), true, None).await
     }
 
-    async fn start_full(policy_text: &str, upstream: &str, unix: bool) -> TestGuard {
+    /// With the switch state kept in database `state_db` of the test
+    /// cluster (see [`state_db`]), as instance `instance`. Returns once the
+    /// guard has tried to read it.
+    pub async fn start_with_state(policy_text: &str, state_db: &str, instance: &str) -> TestGuard {
+        Self::start_full(
+            policy_text,
+            &cluster().addr(),
+            false,
+            Some((state_db, instance)),
+        )
+        .await
+    }
+
+    async fn start_full(
+        policy_text: &str,
+        upstream: &str,
+        unix: bool,
+        state: Option<(&str, &str)>,
+    ) -> TestGuard {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, policy_text).unwrap();
         let (policy, mut settings) = policy::load(&path).expect("valid policy");
         settings.proxy.upstream = upstream.to_string();
+        // The switch state database only where a test asks for one (its own
+        // database, so that tests running at once do not share switches).
+        settings.state.enabled = false;
+        if let Some((db, instance)) = state {
+            settings.state.enabled = true;
+            settings.state.database = db.to_string();
+            settings.state.instance = instance.to_string();
+        }
         settings.proxy.max_message_bytes = 1 << 20;
         let audit_path = dir.path().join("audit.jsonl");
         settings.audit.file = audit_path.display().to_string();
@@ -84,6 +111,7 @@ impl TestGuard {
             .await
             .unwrap();
         zoneguard::control::spawn_watchers(guard.clone());
+        zoneguard::state::start(guard.clone()).await;
         let unix = unix.then(|| {
             zoneguard::net::bind_client_socket(dir.path(), addr.port())
                 .unwrap()
@@ -128,6 +156,68 @@ impl Drop for TestGuard {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// A new database of the test cluster holding the switch state schema, as
+/// `zoneguard install-state` makes it.
+pub fn state_db() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let c = cluster();
+    let name = format!(
+        "state{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    c.psql("postgres", &format!("CREATE DATABASE {name}"))
+        .unwrap();
+    c.psql(
+        &name,
+        &zoneguard::state::install_sql("zoneguard_state", None),
+    )
+    .unwrap();
+    name
+}
+
+/// The guard's admin console, as the shipped demo admin.
+pub async fn admin(g: &TestGuard) -> Client {
+    connect_url(&format!(
+        "postgresql://zgadmin:zgadmin@127.0.0.1:{}/zoneguard",
+        g.addr.port()
+    ))
+    .await
+}
+
+/// The rows of a simple-query reply, as text.
+pub fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Polls until `f` holds, at most `limit`; returns how long it took.
+pub async fn within<F, Fut>(limit: std::time::Duration, mut f: F) -> std::time::Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 
