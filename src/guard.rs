@@ -78,7 +78,7 @@ pub struct Guard {
     pub audit: AuditLog,
     /// Random per process; part of every rejection marker.
     pub nonce: String,
-    /// Where the policy came from, for reloads and switch write-back.
+    /// Where the policy came from, for reloads and SET MODE write-back.
     pub policy_path: Option<PathBuf>,
     /// Serialises reloads and flips.
     pub control_lock: tokio::sync::Mutex<()>,

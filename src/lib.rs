@@ -6,6 +6,8 @@
 //! relays one client, [`protocol`] frames messages, [`classify`] turns SQL
 //! into facts, [`catalog`] says what the names denote, [`policy`] turns facts into a verdict, [`reject`] makes the
 //! server fail a rejected statement as PostgreSQL would, [`audit`] records it.
+//! [`guard`] is the state all sessions share; [`control`] reloads it and
+//! flips switches, whose live positions [`state`] keeps in PostgreSQL.
 pub mod admin;
 pub mod admission;
 pub mod audit;

@@ -164,10 +164,11 @@ async fn set(
         "no switch named {name:?} in the policy file or the state database (known: {})",
         known.join(", ")
     );
-    let who = format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-    );
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    let who = format!("cli:{user}@{}", super::host_name());
     let flip = super::flip(client, name, on, &who, reason, None)
         .await
         .map_err(|e| anyhow::anyhow!(e.explain()))?;

@@ -603,19 +603,27 @@ async fn follow(
     let mut beat = tokio::time::interval(Duration::from_secs(h.settings.heartbeat_secs.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Reported again as soon as what this instance applies changes (a flip
+    // made here, or heard), not only every heartbeat.
+    let applied = |g: &Guard| {
+        let rt = g.runtime.load();
+        (rt.switch_generation(), rt.switches.clone())
+    };
+    let mut reported = applied(guard);
     loop {
         tokio::select! {
-            _ = h.wake.notified() => {
-                if refresh(&client, guard).await? {
-                    heartbeat(&client, guard).await?;
-                }
+            _ = h.wake.notified() => { refresh(&client, guard).await?; }
+            _ = tick.tick() => { refresh(&client, guard).await?; }
+            _ = beat.tick() => {
+                heartbeat(&client, guard).await?;
+                reported = applied(guard);
+                continue;
             }
-            _ = tick.tick() => {
-                if refresh(&client, guard).await? {
-                    heartbeat(&client, guard).await?;
-                }
-            }
-            _ = beat.tick() => heartbeat(&client, guard).await?,
+        }
+        let now = applied(guard);
+        if now != reported {
+            heartbeat(&client, guard).await?;
+            reported = now;
         }
     }
 }
