@@ -235,8 +235,23 @@ pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how
 /// the running policy stays in force.
 pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlError> {
     let path = guard.policy_path.as_deref().ok_or(ControlError::NoFile)?;
+    let text = std::fs::read_to_string(path).map_err(|source| policy::PolicyError::Io {
+        path: path.display().to_string(),
+        source,
+    });
+    reload_text(guard, text, how, who).await
+}
+
+/// Installs `text` (read from the policy file) if it is valid.
+async fn reload_text(
+    guard: &Guard,
+    text: Result<String, policy::PolicyError>,
+    how: &str,
+    who: &str,
+) -> Result<(), ControlError> {
+    let path = guard.policy_path.as_deref().ok_or(ControlError::NoFile)?;
     let _serial = guard.control_lock.lock().await;
-    match policy::load(path) {
+    match text.and_then(|t| policy::parse(&t, path)) {
         Ok((policy, _settings)) => {
             install(guard, policy, how, who).await;
             Ok(())
@@ -361,28 +376,84 @@ fn edit_file(
     Ok(parsed)
 }
 
-fn mtime(path: &Path) -> Option<(SystemTime, u64)> {
+/// What identifies a version of the file without reading it.
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
-/// Watches the policy file (polling twice a second: no platform watcher to
-/// miss an editor's rename) and reloads on change; and reloads on SIGHUP.
+/// How long the file must stay the same before it is read as complete.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// The file's content once it has stayed the same (bytes, size, mtime,
+/// inode) for [`SETTLE`]; None while it is missing.
+async fn settled(path: &Path) -> Option<Vec<u8>> {
+    loop {
+        let before = stamp(path)?;
+        let text = std::fs::read(path).ok()?;
+        tokio::time::sleep(SETTLE).await;
+        if stamp(path) == Some(before) && std::fs::read(path).ok().as_ref() == Some(&text) {
+            return Some(text);
+        }
+    }
+}
+
+/// Watches the policy file and reloads it when a write is complete; and
+/// reloads on SIGHUP.
+///
+/// Invariant: a file caught in the middle of a write is never installed.
+/// The watcher (inotify through the notify crate, on the directory, so an
+/// atomic rename is seen too) reacts only to completed writes: the file
+/// closed after writing, or a file created or renamed into place (also a
+/// Kubernetes ConfigMap's symlink swap); never to a write in progress. The
+/// content must then stay the same for [`SETTLE`], and must differ from the
+/// last content handled; an empty file is refused by validation. Where no
+/// watcher can be set up, the file is polled every 250 ms with the same
+/// settling (a writer that pauses longer than that mid-write can be caught:
+/// deploy by atomic rename, as the README says).
 pub fn spawn_watchers(guard: Arc<Guard>) {
     let Some(path) = guard.policy_path.clone() else {
         return;
     };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let watcher = watch(&path, tx.clone());
+    if watcher.is_none() {
+        let path = path.clone();
+        tokio::spawn(async move {
+            let mut last = stamp(&path);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let now = stamp(&path);
+                if now.is_some() && now != last {
+                    last = now;
+                    if tx.send(()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    // What is in force now (read before returning, so that an edit made
+    // right after start is not taken for the file already handled).
+    let mut handled = std::fs::read(&path).ok();
     let g = guard.clone();
     tokio::spawn(async move {
-        let mut last = mtime(&path);
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            let now = mtime(&path);
-            if now.is_some() && now != last {
-                last = now;
-                let _ = reload(&g, "file", "policy file").await;
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            let Some(bytes) = settled(&path).await else {
+                continue;
+            };
+            if handled.as_ref() == Some(&bytes) {
+                continue;
             }
+            let text = String::from_utf8(bytes.clone()).map_err(|e| policy::PolicyError::Syntax {
+                path: path.display().to_string(),
+                message: format!("not UTF-8: {e}"),
+            });
+            let _ = reload_text(&g, text, "file", "policy file").await;
+            handled = Some(bytes);
         }
     });
     #[cfg(unix)]
@@ -395,4 +466,41 @@ pub fn spawn_watchers(guard: Arc<Guard>) {
             let _ = reload(&guard, "sighup", "SIGHUP").await;
         }
     });
+}
+
+/// A watcher on the file's directory that sends on `tx` when a write to
+/// the file completes or anything is created or renamed there.
+fn watch(path: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path.file_name()?.to_owned();
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let ours = event.paths.iter().any(|p| p.file_name() == Some(&name));
+        let complete = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => ours,
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) => true,
+            _ => false,
+        };
+        if complete {
+            // A full channel already has a wake-up pending.
+            let _ = tx.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the policy file; polling it instead");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the policy file's directory; polling it instead");
+        return None;
+    }
+    Some(watcher)
 }

@@ -401,27 +401,26 @@ async fn a_flip_during_an_unsynced_batch_does_not_disturb_it() {
 async fn sighup_reloads_the_policy() {
     let g = TestGuard::start(SHIPPED_POLICY).await;
     let console = admin(&g).await;
-    // Change the file without changing its size or modification time, so
-    // that only SIGHUP (not the file watcher) can notice.
+    // Change the file where the watcher (on the file's directory) cannot
+    // see it: in place, through a hard link in another directory, so that
+    // only SIGHUP can notice.
     let text = std::fs::read_to_string(&g.policy_path).unwrap();
-    let edited = text
-        .replace(
-            "[switches.enable_new_commerce]\ndefault = true",
-            "[switches.enable_new_commerce]\ndefault = false",
-        )
-        .replacen("# zoneguard policy:", "# zoneguard policy", 1);
-    assert_eq!(edited.len(), text.len());
-    // Written beside, given the old file's times, then renamed over it.
-    let tmp = g.policy_path.with_extension("new");
-    std::fs::write(&tmp, &edited).unwrap();
-    let st = std::process::Command::new("touch")
-        .arg("-r")
-        .arg(&g.policy_path)
-        .arg(&tmp)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    std::fs::rename(&tmp, &g.policy_path).unwrap();
+    let edited = text.replace(
+        "[switches.enable_new_commerce]\ndefault = true",
+        "[switches.enable_new_commerce]\ndefault = false",
+    );
+    assert_eq!(edited.len(), text.len() + 1);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let alias = elsewhere.path().join("alias.toml");
+    std::fs::hard_link(&g.policy_path, &alias).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&alias)
+            .unwrap();
+        f.write_all(edited.as_bytes()).unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(600)).await;
     let sw = rows(&console.simple_query("SHOW SWITCHES").await.unwrap());
     assert_eq!(sw[0][1], "on", "the watcher must not have seen the edit");

@@ -149,6 +149,14 @@ pub fn load(path: &Path) -> Result<(Policy, Settings), PolicyError> {
 /// to resolve relative file names).
 pub fn parse(text: &str, path: &Path) -> Result<(Policy, Settings), PolicyError> {
     let shown = path.display().to_string();
+    // Valid TOML, and it would leave everything at the defaults: never
+    // what anyone meant (most often a file caught mid-write or truncated).
+    if text.trim().is_empty() {
+        return Err(PolicyError::Syntax {
+            path: shown,
+            message: "the policy file is empty".into(),
+        });
+    }
     let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
         path: shown.clone(),
         message: e.to_string().trim_end().to_owned(),
