@@ -234,12 +234,35 @@ pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how
 /// Reloads the policy file. An invalid file is refused, logged and audited;
 /// the running policy stays in force.
 pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlError> {
+    reload_certificates(guard, how, who).await;
     let path = guard.policy_path.as_deref().ok_or(ControlError::NoFile)?;
     let text = std::fs::read_to_string(path).map_err(|source| policy::PolicyError::Io {
         path: path.display().to_string(),
         source,
     });
     reload_text(guard, text, how, who).await
+}
+
+/// Reads the TLS certificate and key again (SIGHUP, RELOAD): new sessions
+/// get them, running ones keep theirs; on error the ones in force stay.
+async fn reload_certificates(guard: &Guard, how: &str, who: &str) {
+    if guard.tls.mode == crate::tls::ClientMode::Disable {
+        return;
+    }
+    let generation = guard.runtime.load().generation;
+    match guard.tls.reload() {
+        Ok(()) => tracing::info!(how, "TLS certificate reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, how, "TLS certificate reload refused; the one in force stays");
+            guard
+                .audit
+                .write(&ControlRecord {
+                    error: Some(e.to_string()),
+                    ..ControlRecord::new("tls_reload_refused", how, who, generation)
+                })
+                .await;
+        }
+    }
 }
 
 /// Installs `text` (read from the policy file) if it is valid.

@@ -73,8 +73,10 @@ pub struct Guard {
     /// it on every read from the client.
     pub generation: AtomicU64,
     pub settings: Settings,
-    /// `settings.proxy.upstream`, parsed.
-    pub upstream: crate::net::Endpoint,
+    /// `settings.proxy.upstream`, parsed, with its TLS settings.
+    pub upstream: crate::net::Upstream,
+    /// TLS for clients: the certificate in force (reloaded on SIGHUP).
+    pub tls: crate::tls::ClientTls,
     pub audit: AuditLog,
     /// Random per process; part of every rejection marker.
     pub nonce: String,
@@ -102,8 +104,19 @@ impl Guard {
         settings: Settings,
         policy_path: Option<PathBuf>,
     ) -> std::io::Result<Arc<Guard>> {
-        let upstream = crate::net::Endpoint::parse(&settings.proxy.upstream)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let endpoint = crate::net::Endpoint::parse(&settings.proxy.upstream).map_err(invalid)?;
+        let upstream_tls = crate::tls::UpstreamTls::new(
+            &settings.proxy.upstream_tls,
+            &settings.proxy.upstream_ca_file,
+            &endpoint,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        let upstream = crate::net::Upstream {
+            endpoint,
+            tls: Arc::new(upstream_tls),
+        };
+        let tls = crate::tls::ClientTls::new(&settings.tls).map_err(|e| invalid(e.to_string()))?;
         let audit =
             AuditLog::open(&settings.audit.file, settings.audit.max_statement_chars).await?;
         let cache = crate::cache::ClassifyCache::with_budget(4096, settings.proxy.cache_bytes);
@@ -129,6 +142,7 @@ impl Guard {
             ),
             settings,
             upstream,
+            tls,
             audit,
             cache,
             nonce: format!("{:016x}", rand::random::<u64>()),

@@ -29,3 +29,4 @@ pub mod reject;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod tls;

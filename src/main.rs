@@ -43,6 +43,24 @@ struct Cli {
     /// Where audit records go (a file, or - for standard output), overriding [audit] file.
     #[arg(long, global = true)]
     audit_file: Option<String>,
+    /// The guard's TLS certificate chain (PEM) for clients, overriding [tls] cert_file.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// Its private key (PEM), overriding [tls] key_file.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_key: Option<String>,
+    /// TLS for clients: disable, allow (the default with a certificate) or
+    /// require, overriding [tls] client_mode.
+    #[arg(long, global = true, value_name = "MODE")]
+    client_tls: Option<String>,
+    /// TLS to the upstream, as libpq's sslmode: disable, prefer (default),
+    /// require, verify-ca, verify-full; overriding [proxy] upstream_tls.
+    #[arg(long, global = true, value_name = "MODE")]
+    upstream_tls: Option<String>,
+    /// The CA certificate (PEM) the upstream's certificate must chain to,
+    /// overriding [proxy] upstream_ca_file.
+    #[arg(long, global = true, value_name = "FILE")]
+    upstream_ca: Option<String>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive);
     /// RUST_LOG is used when this is not given.
     #[arg(long, global = true, env = "ZONEGUARD_LOG")]
@@ -535,6 +553,17 @@ fn load_policy_settings(cli: &Cli) -> Result<(Policy, Settings), policy::PolicyE
     if let Some(a) = &cli.audit_file {
         settings.audit.file = a.clone();
     }
+    for (flag, setting) in [
+        (&cli.tls_cert, &mut settings.tls.cert_file),
+        (&cli.tls_key, &mut settings.tls.key_file),
+        (&cli.client_tls, &mut settings.tls.client_mode),
+        (&cli.upstream_tls, &mut settings.proxy.upstream_tls),
+        (&cli.upstream_ca, &mut settings.proxy.upstream_ca_file),
+    ] {
+        if let Some(v) = flag {
+            *setting = v.clone();
+        }
+    }
     Ok((policy, settings))
 }
 
@@ -637,6 +666,11 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
         upstream: None,
         unix_socket_dir: cli.unix_socket_dir.clone(),
         audit_file: cli.audit_file.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        client_tls: cli.client_tls.clone(),
+        upstream_tls: cli.upstream_tls.clone(),
+        upstream_ca: cli.upstream_ca.clone(),
         log_level: None,
         threads: cli.threads,
         command: None,

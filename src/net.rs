@@ -84,6 +84,16 @@ impl std::fmt::Display for Endpoint {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client's connection after the guard accepted its SSLRequest.
+    TlsServer(Box<tokio_rustls::server::TlsStream<Stream>>),
+    /// The connection to an upstream that accepted the guard's SSLRequest.
+    TlsClient(Box<tokio_rustls::client::TlsStream<Stream>>),
+}
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
+    }
 }
 
 impl AsyncRead for Stream {
@@ -95,6 +105,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -108,6 +120,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -115,6 +129,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsServer(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsClient(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -122,6 +138,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsServer(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsClient(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -217,7 +235,36 @@ pub struct Login<'a> {
     pub application_name: &'a str,
 }
 
-impl Endpoint {
+/// The upstream server and how to talk TLS to it.
+#[derive(Clone)]
+pub struct Upstream {
+    pub endpoint: Endpoint,
+    pub tls: std::sync::Arc<crate::tls::UpstreamTls>,
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.endpoint.fmt(f)
+    }
+}
+
+impl Upstream {
+    /// Without TLS (tests and tools).
+    pub fn plain(endpoint: Endpoint) -> Upstream {
+        Upstream {
+            endpoint,
+            tls: std::sync::Arc::new(crate::tls::UpstreamTls::disabled()),
+        }
+    }
+
+    /// Connects within `timeout`, and negotiates TLS as configured.
+    pub async fn connect(&self, timeout: Duration) -> io::Result<Stream> {
+        let stream = self.endpoint.connect(timeout).await?;
+        tokio::time::timeout(timeout, self.tls.negotiate(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS negotiation timed out"))?
+    }
+
     /// Opens one of the guard's own connections, within twice `timeout`.
     /// Notifications (after a LISTEN) go to `on_notify(channel, payload)`;
     /// the connection lives as long as the client.
@@ -236,7 +283,7 @@ impl Endpoint {
                 .application_name(login.application_name);
             if !login.password.is_empty() {
                 config.password(login.password);
-            } else if let Some(p) = self.passfile_password(login.database, login.user) {
+            } else if let Some(p) = self.endpoint.passfile_password(login.database, login.user) {
                 config.password(p);
             }
             let (client, mut connection) =
@@ -256,7 +303,9 @@ impl Endpoint {
             .await
             .map_err(|_| OwnConnectionError::Timeout)?
     }
+}
 
+impl Endpoint {
     /// The password for `database` and `user` on this server in the
     /// passfile, as libpq looks it up (PGPASSFILE, else ~/.pgpass; lines
     /// `host:port:database:user:password`, `*` matches anything, `\` escapes;

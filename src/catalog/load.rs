@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use super::{Catalog, Kind, Object, ObjectId};
 use crate::classify::{self, Op, RelationName, TableAccess};
-use crate::net::Endpoint;
 use crate::policy::CatalogSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +40,7 @@ pub const NOTIFY_CHANNEL: &str = "zoneguard_catalog";
 
 /// Connects to `database` as the catalog role and reads its catalog.
 pub async fn load(
-    upstream: &Endpoint,
+    upstream: &crate::net::Upstream,
     settings: &CatalogSettings,
     database: &str,
     timeout: Duration,
@@ -54,7 +53,7 @@ pub async fn load(
 /// `on_notify` for each notification. The connection lives as long as the
 /// client.
 pub async fn connect(
-    upstream: &Endpoint,
+    upstream: &crate::net::Upstream,
     settings: &CatalogSettings,
     database: &str,
     timeout: Duration,

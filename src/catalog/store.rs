@@ -23,7 +23,6 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
 use super::Catalog;
-use crate::net::Endpoint;
 use crate::policy::CatalogSettings;
 
 /// Least time between two loads of one database's catalog.
@@ -32,7 +31,7 @@ const MIN_GAP: Duration = Duration::from_millis(50);
 /// The catalogs of every database the guard fronts.
 pub struct CatalogStore {
     settings: CatalogSettings,
-    upstream: Endpoint,
+    upstream: crate::net::Upstream,
     timeout: Duration,
     databases: Mutex<HashMap<String, Arc<DatabaseCatalog>>>,
 }
@@ -53,7 +52,11 @@ pub struct DatabaseCatalog {
 }
 
 impl CatalogStore {
-    pub fn new(settings: CatalogSettings, upstream: Endpoint, timeout: Duration) -> CatalogStore {
+    pub fn new(
+        settings: CatalogSettings,
+        upstream: crate::net::Upstream,
+        timeout: Duration,
+    ) -> CatalogStore {
         CatalogStore {
             settings,
             upstream,
@@ -148,7 +151,7 @@ impl DatabaseCatalog {
 async fn reloader(
     db: Weak<DatabaseCatalog>,
     wake: Arc<Notify>,
-    upstream: Endpoint,
+    upstream: crate::net::Upstream,
     settings: CatalogSettings,
     timeout: Duration,
 ) {

@@ -53,6 +53,9 @@ struct PolicyFile {
     #[allow(dead_code)]
     state: Option<toml::Value>,
     #[serde(default)]
+    #[allow(dead_code)]
+    tls: Option<toml::Value>,
+    #[serde(default)]
     defaults: DefaultsFile,
     #[serde(default)]
     zones: BTreeMap<Spanned<String>, ZoneFile>,
@@ -197,6 +200,9 @@ fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
     if cfg.get_table("state").is_ok() {
         settings.state = cfg.get("state").map_err(err)?;
     }
+    if cfg.get_table("tls").is_ok() {
+        settings.tls = cfg.get("tls").map_err(err)?;
+    }
     if let Err(message) = crate::net::Endpoint::parse(&settings.proxy.upstream) {
         return Err(PolicyError::Settings {
             path: path.display().to_string(),
@@ -205,10 +211,17 @@ fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
     }
     // Relative audit paths are relative to the policy file, so that the guard
     // writes to the same place whatever directory it was started from.
-    if let Some(dir) = path.parent() {
-        let file = PathBuf::from(&settings.audit.file);
-        if settings.audit.file != "-" && file.is_relative() && !dir.as_os_str().is_empty() {
-            settings.audit.file = dir.join(file).display().to_string();
+    // So are the certificate files.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        for file in [
+            &mut settings.audit.file,
+            &mut settings.tls.cert_file,
+            &mut settings.tls.key_file,
+            &mut settings.proxy.upstream_ca_file,
+        ] {
+            if !file.is_empty() && file != "-" && PathBuf::from(&*file).is_relative() {
+                *file = dir.join(&*file).display().to_string();
+            }
         }
     }
     Ok(settings)

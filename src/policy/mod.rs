@@ -236,6 +236,19 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub catalog: CatalogSettings,
     pub state: StateSettings,
+    pub tls: TlsSettings,
+}
+
+/// TLS between clients and the guard (see `crate::tls`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The guard's certificate chain (PEM); relative to the policy file.
+    pub cert_file: String,
+    /// Its private key (PEM).
+    pub key_file: String,
+    /// disable, allow or require ("" = allow with a certificate, else disable).
+    pub client_mode: String,
 }
 
 /// Where the switches' live positions are kept: a small schema in one
@@ -339,6 +352,11 @@ pub struct ProxySettings {
     /// Bytes the classification cache may hold (keys and classifications,
     /// estimated), whatever the statements' sizes.
     pub cache_bytes: usize,
+    /// TLS to the upstream, as libpq's sslmode: disable, prefer, require,
+    /// verify-ca, verify-full.
+    pub upstream_tls: String,
+    /// The CA certificate(s) (PEM) that sign the upstream's certificate.
+    pub upstream_ca_file: String,
 }
 
 impl Default for ProxySettings {
@@ -355,6 +373,8 @@ impl Default for ProxySettings {
             max_unauthenticated_per_address: 256,
             max_unauthenticated: 2048,
             cache_bytes: crate::cache::DEFAULT_BYTES,
+            upstream_tls: "prefer".into(),
+            upstream_ca_file: String::new(),
         }
     }
 }

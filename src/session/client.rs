@@ -27,6 +27,9 @@ use crate::protocol::{self, ProtocolError, Severity};
 pub(crate) const MAX_PRE_AUTH_MESSAGE: usize = 65_535;
 
 pub(crate) struct ClientSide {
+    /// TLS between the client and the guard and between the guard and the
+    /// server: SCRAM's channel-binding flag then decides the login.
+    pub(crate) tls_both_sides: bool,
     guard: Arc<Guard>,
     info: SessionInfo,
     state: Arc<Mutex<SessionState>>,
@@ -136,6 +139,7 @@ impl ClientSide {
             executed_in_batch: false,
             rejected_in_batch: false,
             syncs_since_execute: 0,
+            tls_both_sides: false,
             authenticated: false,
             ready,
             allowed_memo: Default::default(),
@@ -215,6 +219,32 @@ impl ClientSide {
         ClientEnd::Fatal
     }
 
+    /// The client's SCRAM login says "I can bind, you can't" (gs2 flag
+    /// `y`): over a TLS connection the server takes that for a downgrade
+    /// attack and fails the login with a cryptic error. Channel binding
+    /// cannot cross a proxy that terminates TLS, so say what to do instead.
+    async fn refuse_channel_binding<W: AsyncWrite + Unpin>(
+        &self,
+        uw: &mut W,
+        out: &[u8],
+        fatal: oneshot::Sender<Bytes>,
+    ) -> ClientEnd {
+        tracing::info!(
+            session = self.info.id,
+            "SCRAM login expecting channel binding refused"
+        );
+        let _ = uw.write_all(out).await;
+        let msg = protocol::error_response(
+            Severity::Fatal,
+            "28000",
+            "SCRAM channel binding cannot pass through zoneguard: it terminates TLS, and the database server, also reached over TLS, would fail this login",
+            Some("Add channel_binding=disable to the client's connection string (the TLS to the guard still protects the password exchange), or use md5/trust for this role."),
+        );
+        let _ = fatal.send(msg);
+        let _ = uw.shutdown().await;
+        ClientEnd::Fatal
+    }
+
     pub(crate) async fn run<R, W>(
         &mut self,
         mut cr: R,
@@ -287,6 +317,13 @@ impl ClientSide {
                     }
                     out.clear();
                     self.wait_until_answered().await;
+                }
+                if !self.authenticated
+                    && self.tls_both_sides
+                    && frame.tag() == b'p'
+                    && scram_binding_expected(&frame.raw[5..])
+                {
+                    return self.refuse_channel_binding(&mut uw, &out, fatal).await;
                 }
                 match self.judge_frame(&frame).await {
                     Ok(Some(replacement)) => out.extend_from_slice(&replacement),
@@ -881,4 +918,13 @@ fn ambiguous_statement(name: &str) -> Denial {
         format!("prepared statement \"{name}\" is being redefined in the same pipeline and prepares or deallocates statements itself"),
         "Wait for the server's answer to the Parse before binding the statement.",
     )
+}
+
+/// A SASLInitialResponse for SCRAM-SHA-256 whose gs2 header is `y`: the
+/// client supports channel binding and believes the server does not.
+fn scram_binding_expected(body: &[u8]) -> bool {
+    let Some(rest) = body.strip_prefix(b"SCRAM-SHA-256\0") else {
+        return false;
+    };
+    rest.len() > 4 && rest[4] == b'y'
 }

@@ -20,9 +20,10 @@ use crate::guard::Guard;
 use crate::net;
 use crate::protocol::{self, FirstPacket, ProtocolError, Severity, Startup};
 
-pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String, ticket: Ticket) {
+pub async fn serve(guard: Arc<Guard>, client: net::Stream, peer: String, ticket: Ticket) {
     let timeout = Duration::from_secs(guard.settings.proxy.startup_timeout_secs);
     let evicted = ticket.evicted();
+    let mut client = Some(client);
     let startup = tokio::select! {
         r = tokio::time::timeout(timeout, startup_phase(&guard, &mut client)) => r,
         _ = evicted => {
@@ -44,12 +45,30 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String, tic
         Ok(Err(e)) => {
             tracing::debug!(?peer, error = ?e, "bad startup");
             let msg = protocol::error_response(Severity::Fatal, "08P01", &e.to_string(), None);
-            let _ = client.write_all(&msg).await;
+            if let Some(c) = client.as_mut() {
+                let _ = c.write_all(&msg).await;
+            }
             return;
         }
         Ok(Ok(None)) => return,
         Ok(Ok(Some(s))) => s,
     };
+    let Some(mut client) = client else { return };
+    if guard.tls.mode == crate::tls::ClientMode::Require && !client.is_tls() {
+        // As PostgreSQL answers a hostssl-only pg_hba.conf.
+        let msg = protocol::error_response(
+            Severity::Fatal,
+            "28000",
+            &format!(
+                "zoneguard accepts only TLS connections: user \"{}\", database \"{}\", no encryption",
+                startup.user(),
+                startup.database()
+            ),
+            Some("Connect with sslmode=require (or verify-ca / verify-full with the guard's CA)."),
+        );
+        let _ = client.write_all(&msg).await;
+        return;
+    }
     let info = SessionInfo {
         id: guard.next_session_id(),
         client_addr: peer,
@@ -121,16 +140,43 @@ pub async fn serve(guard: Arc<Guard>, mut client: net::Stream, peer: String, tic
     guard.clients_registry.lock().unwrap().remove(&id);
 }
 
-/// Answers SSLRequest and GSSENCRequest with `N`, forwards a CancelRequest,
-/// and returns the StartupMessage.
+/// Answers SSLRequest (`S` and a TLS handshake when the guard has a
+/// certificate, else `N`) and GSSENCRequest (`N`), forwards a
+/// CancelRequest, and returns the StartupMessage. `client` is replaced by
+/// its TLS stream after a handshake, and is None when one failed.
 async fn startup_phase(
     guard: &Guard,
-    client: &mut net::Stream,
+    client: &mut Option<net::Stream>,
 ) -> Result<Option<Startup>, ProtocolError> {
     loop {
-        match protocol::read_first_packet(client).await? {
+        let Some(stream) = client.as_mut() else {
+            return Ok(None);
+        };
+        match protocol::read_first_packet(stream).await? {
             None => return Ok(None),
-            Some(FirstPacket::Ssl) | Some(FirstPacket::GssEnc) => client.write_all(b"N").await?,
+            Some(FirstPacket::Ssl) => match guard.tls.acceptor() {
+                Some(acceptor) if !stream.is_tls() => {
+                    stream.write_all(b"S").await?;
+                    // Nothing the client sent after its SSLRequest was
+                    // read: the handshake starts at the next byte, so no
+                    // plain text can be slipped in ahead of it.
+                    let plain = client.take().expect("checked above");
+                    match acceptor.accept(plain).await {
+                        Ok(tls) => *client = Some(net::Stream::TlsServer(Box::new(tls))),
+                        Err(e) => {
+                            tracing::info!(error = %e, "TLS handshake with a client failed");
+                            return Ok(None);
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(ProtocolError::Malformed(
+                        "SSLRequest after the TLS handshake",
+                    ))
+                }
+                None => stream.write_all(b"N").await?,
+            },
+            Some(FirstPacket::GssEnc) => stream.write_all(b"N").await?,
             Some(FirstPacket::Cancel(raw)) => {
                 // Forwarded as is: BackendKeyData passed through unchanged,
                 // so the key the client holds is the server's own.
@@ -225,32 +271,40 @@ async fn relay(
     if upstream.write_all(&startup.raw).await.is_err() {
         return;
     }
+    let tls_both_sides = client.is_tls() && upstream.is_tls();
     // Owned halves of the concrete socket types: no lock between the halves.
     use net::Stream::{Tcp, Unix};
     match (client, upstream) {
         (Tcp(c), Tcp(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, tls_both_sides, cr, cw, ur, uw).await
         }
         (Tcp(c), Unix(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, tls_both_sides, cr, cw, ur, uw).await
         }
         (Unix(c), Tcp(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, tls_both_sides, cr, cw, ur, uw).await
         }
         (Unix(c), Unix(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            relay_halves(guard, info, ticket, cr, cw, ur, uw).await
+            relay_halves(guard, info, ticket, tls_both_sides, cr, cw, ur, uw).await
+        }
+        // TLS on either side: one stream, split by a lock.
+        (c, u) => {
+            let ((cr, cw), (ur, uw)) = (tokio::io::split(c), tokio::io::split(u));
+            relay_halves(guard, info, ticket, tls_both_sides, cr, cw, ur, uw).await
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn relay_halves<CR, CW, UR, UW>(
     guard: Arc<Guard>,
     info: SessionInfo,
     ticket: Ticket,
+    tls_both_sides: bool,
     cr: CR,
     cw: CW,
     ur: UR,
@@ -265,6 +319,7 @@ async fn relay_halves<CR, CW, UR, UW>(
     let ready = Arc::new(Notify::new());
     let (fatal_tx, fatal_rx) = oneshot::channel::<Bytes>();
     let mut c2s = client::ClientSide::new(guard.clone(), info, state.clone(), ready.clone());
+    c2s.tls_both_sides = tls_both_sides;
     let c2s = c2s.run(cr, uw, fatal_tx);
     // The ticket goes with the server half, which drops it once the server
     // has authenticated the client; until then the session can be evicted.

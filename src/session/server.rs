@@ -216,6 +216,15 @@ fn scan(buf: &mut BytesMut, out: &mut BytesMut, st: &mut SessionState, ready: &N
             continue;
         }
         match tag {
+            b'R' if !st.authenticated => {
+                if let Some(ours) = crate::tls::strip_channel_binding(body) {
+                    out.extend_from_slice(&buf[..off]);
+                    out.extend_from_slice(&ours);
+                    buf.advance(off + total);
+                    off = 0;
+                    continue;
+                }
+            }
             b'S' => {
                 if let Some(fatal) = parameter(st, body) {
                     return Scan::Refused(fatal, off);

@@ -114,8 +114,17 @@ pub async fn switch(
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Client> {
-    let upstream = crate::net::Endpoint::parse(&settings.proxy.upstream)
+    let endpoint = crate::net::Endpoint::parse(&settings.proxy.upstream)
         .map_err(|e| anyhow::anyhow!("[proxy] upstream: {e}"))?;
+    let tls = crate::tls::UpstreamTls::new(
+        &settings.proxy.upstream_tls,
+        &settings.proxy.upstream_ca_file,
+        &endpoint,
+    )?;
+    let upstream = crate::net::Upstream {
+        endpoint,
+        tls: std::sync::Arc::new(tls),
+    };
     let s = &settings.state;
     let login = crate::net::Login {
         user: &s.user,
