@@ -234,7 +234,7 @@ async fn a_cancel_request_still_reaches_the_server_over_tls() {
     let pki = Pki::new(&["localhost"]);
     let db = fresh_db();
     let g = TestGuard::start(&policy("", &client_tls(&pki, "require"))).await;
-    let mut child = Command::new(psql_bin())
+    let child = Command::new(psql_bin())
         .args([
             "-X",
             "-d",
