@@ -82,6 +82,8 @@ async fn open_file(target: &str) -> std::io::Result<(tokio::fs::File, (u64, u64)
 /// removed from under it is replaced by a new one at the path.
 pub struct AuditLog {
     sink: Mutex<Sink>,
+    /// Records that could not be written (metrics).
+    pub failures: std::sync::atomic::AtomicU64,
     pub max_statement_chars: usize,
     pub target: String,
 }
@@ -96,6 +98,7 @@ impl AuditLog {
         };
         Ok(AuditLog {
             sink: Mutex::new(sink),
+            failures: Default::default(),
             max_statement_chars,
             target: target.to_string(),
         })
@@ -149,6 +152,8 @@ impl AuditLog {
             }
         };
         if let Err(e) = result {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(
                 error = %e,
                 target = %self.target,

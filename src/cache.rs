@@ -17,6 +17,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::classify::{self, Special, StatementInfo};
@@ -34,6 +35,9 @@ pub struct ClassifyCache {
     /// shards, so a lookup needs no key built from the exact text.
     normalized: Vec<Mutex<Shard>>,
     hasher: RandomState,
+    /// Lookups answered from the cache, and texts classified anew.
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
 }
 
 struct Shard {
@@ -190,6 +194,8 @@ impl ClassifyCache {
             exact: shards(),
             normalized: shards(),
             hasher: RandomState::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -240,13 +246,16 @@ impl ClassifyCache {
         // statements with parameters instead of literals (the extended
         // protocol's usual case) hit every time.
         if let Some(v) = self.get(exact, sql) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return v;
         }
         match normalize(sql) {
             Some(norm) => {
                 if let Some(v) = self.get(normalized, &norm) {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
                     return v;
                 }
+                self.misses.fetch_add(1, Ordering::Relaxed);
                 let v = Arc::new(classify::classify(sql));
                 if has_unparsed(&v) {
                     self.insert(exact, sql, v.clone());
@@ -256,6 +265,7 @@ impl ClassifyCache {
                 v
             }
             None => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
                 let v = Arc::new(classify::classify(sql));
                 self.insert(exact, sql, v.clone());
                 v

@@ -255,6 +255,10 @@ async fn reload_certificates(guard: &Guard, how: &str, who: &str) {
         Err(e) => {
             tracing::error!(error = %e, how, "TLS certificate reload refused; the one in force stays");
             guard
+                .stats
+                .reloads_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            guard
                 .audit
                 .write(&ControlRecord {
                     error: Some(e.to_string()),
@@ -281,6 +285,10 @@ async fn reload_text(
         }
         Err(e) => {
             tracing::error!(error = %e, how, "policy reload refused; the running policy stays in force");
+            guard
+                .stats
+                .reloads_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             guard
                 .audit
                 .write(&ControlRecord {

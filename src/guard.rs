@@ -96,6 +96,21 @@ pub struct Guard {
     pub catalogs: crate::catalog::CatalogStore,
     /// The switches' shared state: its connection, how fresh our view is.
     pub state: crate::state::StateHandle,
+    /// The guard's own time per judged SQL text (metrics).
+    pub judge_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Where shutdown stands; sessions watch it.
+    pub shutdown: tokio::sync::watch::Sender<Shutdown>,
+}
+
+/// Graceful shutdown, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shutdown {
+    Running,
+    /// No new clients; each session is closed (57P01) once it is idle
+    /// outside a transaction, so running work finishes.
+    Draining,
+    /// The drain timeout passed: every session is closed now.
+    Terminating,
 }
 
 impl Guard {
@@ -129,6 +144,8 @@ impl Guard {
             catalogs,
             state: crate::state::StateHandle::new(&settings, &policy),
             runtime: ArcSwap::from_pointee(Runtime::new(policy, BTreeMap::new(), 1)),
+            judge_seconds: crate::metrics::judge_histogram(),
+            shutdown: tokio::sync::watch::channel(Shutdown::Running).0,
             generation: AtomicU64::new(1),
             policy_path,
             control_lock: tokio::sync::Mutex::new(()),
@@ -151,42 +168,109 @@ impl Guard {
         }))
     }
 
+    /// Shutting down: no new clients, the health check fails.
+    pub fn draining(&self) -> bool {
+        *self.shutdown.borrow() != Shutdown::Running
+    }
+
+    /// Stops sessions gracefully: each closes (57P01) once idle outside a
+    /// transaction; after `timeout` the rest are closed at once. Returns
+    /// when every relayed session has ended (or 5 s after that).
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let sessions = || self.clients_registry.lock().unwrap().len();
+        tracing::info!(
+            sessions = sessions(),
+            ?timeout,
+            "draining: new clients are refused, sessions end once idle"
+        );
+        self.shutdown.send_replace(Shutdown::Draining);
+        let until_empty = |limit: std::time::Duration| async move {
+            let start = std::time::Instant::now();
+            while sessions() > 0 && start.elapsed() < limit {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        until_empty(timeout).await;
+        if sessions() > 0 {
+            tracing::warn!(
+                sessions = sessions(),
+                "drain timeout: closing the remaining sessions (57P01)"
+            );
+            self.shutdown.send_replace(Shutdown::Terminating);
+            until_empty(std::time::Duration::from_secs(5)).await;
+        }
+    }
+
     pub fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 }
 
-/// Counters for the admin console's SHOW STATS.
+/// Counters for the admin console's SHOW STATS and the metrics endpoint.
 #[derive(Default)]
 pub struct Stats {
     pub statements: AtomicU64,
     pub allowed: AtomicU64,
     pub rejected: AtomicU64,
-    pub rejected_by_rule: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Rejections by (rule, zone, operation, role).
+    pub rejected_by: std::sync::Mutex<BTreeMap<DenialKey, u64>>,
     /// Statements let through in shadow mode that would have been rejected.
     pub shadowed: AtomicU64,
-    pub shadowed_by_rule: std::sync::Mutex<BTreeMap<String, u64>>,
+    pub shadowed_by: std::sync::Mutex<BTreeMap<DenialKey, u64>>,
+    /// Connections to the upstream that failed (sessions, cancels).
+    pub upstream_connect_failures: AtomicU64,
+    /// Policy files (or certificates) refused at reload.
+    pub reloads_refused: AtomicU64,
+}
+
+/// What a rejection is counted by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DenialKey {
+    pub rule: String,
+    pub zone: String,
+    pub operation: String,
+    pub role: String,
+}
+
+impl DenialKey {
+    fn of(d: &crate::policy::Denial, role: &str) -> DenialKey {
+        DenialKey {
+            rule: d.rule.clone(),
+            zone: d.zone.clone().unwrap_or_default(),
+            operation: d.operation.clone(),
+            role: role.to_string(),
+        }
+    }
 }
 
 impl Stats {
-    pub fn count_shadowed(&self, rule: &str) {
+    pub fn count_shadowed(&self, d: &crate::policy::Denial, role: &str) {
         self.shadowed.fetch_add(1, Ordering::Relaxed);
         *self
-            .shadowed_by_rule
+            .shadowed_by
             .lock()
             .unwrap()
-            .entry(rule.to_string())
+            .entry(DenialKey::of(d, role))
             .or_default() += 1;
     }
 
-    pub fn count_rejection(&self, rule: &str) {
+    pub fn count_rejection(&self, d: &crate::policy::Denial, role: &str) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
         *self
-            .rejected_by_rule
+            .rejected_by
             .lock()
             .unwrap()
-            .entry(rule.to_string())
+            .entry(DenialKey::of(d, role))
             .or_default() += 1;
+    }
+
+    /// Counts by rule alone, for SHOW STATS.
+    pub fn by_rule(map: &std::sync::Mutex<BTreeMap<DenialKey, u64>>) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (k, n) in map.lock().unwrap().iter() {
+            *out.entry(k.rule.clone()).or_default() += n;
+        }
+        out
     }
 }
 

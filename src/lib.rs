@@ -22,6 +22,7 @@ pub mod control;
 pub mod explain;
 pub mod grants;
 pub mod guard;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod protocol;

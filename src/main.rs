@@ -61,6 +61,10 @@ struct Cli {
     /// overriding [proxy] upstream_ca_file.
     #[arg(long, global = true, value_name = "FILE")]
     upstream_ca: Option<String>,
+    /// Serve GET /metrics (Prometheus) and /healthz on this address,
+    /// overriding [metrics] listen.
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive);
     /// RUST_LOG is used when this is not given.
     #[arg(long, global = true, env = "ZONEGUARD_LOG")]
@@ -559,6 +563,7 @@ fn load_policy_settings(cli: &Cli) -> Result<(Policy, Settings), policy::PolicyE
         (&cli.client_tls, &mut settings.tls.client_mode),
         (&cli.upstream_tls, &mut settings.proxy.upstream_tls),
         (&cli.upstream_ca, &mut settings.proxy.upstream_ca_file),
+        (&cli.metrics_listen, &mut settings.metrics.listen),
     ] {
         if let Some(v) = flag {
             *setting = v.clone();
@@ -574,15 +579,26 @@ struct Listeners {
 }
 
 impl Listeners {
-    /// Serves until Ctrl-C or SIGTERM, then removes the socket file.
+    /// Serves until Ctrl-C or SIGTERM; then stops accepting, removes the
+    /// socket file, and drains the sessions (see `Guard::drain`).
     async fn serve(self, guard: std::sync::Arc<Guard>) {
         let (unix, path) = match self.unix {
             Some((l, p)) => (Some(l), Some(p)),
             None => (None, None),
         };
-        server::run_listeners(self.tcp, unix, guard, shutdown_signal()).await;
+        server::run_listeners(self.tcp, unix, guard.clone(), shutdown_signal()).await;
         if let Some(p) = path {
             let _ = std::fs::remove_file(p);
+        }
+        let timeout = std::time::Duration::from_secs(guard.settings.proxy.drain_timeout_secs);
+        tokio::select! {
+            _ = guard.drain(timeout) => {}
+            // A second signal: close everything now.
+            _ = shutdown_signal() => {
+                tracing::warn!("second signal: closing every session now");
+                guard.shutdown.send_replace(zoneguard::guard::Shutdown::Terminating);
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
     }
 }
@@ -610,6 +626,14 @@ async fn start(
         .context("cannot start the guard (audit log or [proxy] upstream)")?;
     zoneguard::control::spawn_watchers(guard.clone());
     zoneguard::state::start(guard.clone()).await;
+    if !guard.settings.metrics.listen.is_empty() {
+        let addr = &guard.settings.metrics.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(listen = %listener.local_addr()?, "metrics and health check: GET /metrics, /healthz");
+        tokio::spawn(zoneguard::metrics::serve(listener, guard.clone()));
+    }
     Ok((Listeners { tcp, unix }, guard))
 }
 
@@ -671,6 +695,7 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
         client_tls: cli.client_tls.clone(),
         upstream_tls: cli.upstream_tls.clone(),
         upstream_ca: cli.upstream_ca.clone(),
+        metrics_listen: cli.metrics_listen.clone(),
         log_level: None,
         threads: cli.threads,
         command: None,

@@ -206,10 +206,12 @@ impl UpstreamTls {
             Endpoint::Unix(_) if matches!(mode, UpstreamMode::Disable | UpstreamMode::Prefer) => {
                 return Ok(UpstreamTls::disabled())
             }
-            Endpoint::Unix(_) => return Err(TlsError::Config(format!(
+            Endpoint::Unix(_) => {
+                return Err(TlsError::Config(format!(
                 "upstream_tls = {} needs a TCP upstream: TLS is not used over a Unix-domain socket",
                 mode.as_str()
-            ))),
+            )))
+            }
             Endpoint::Tcp(addr) => addr
                 .rsplit_once(':')
                 .map_or(addr.as_str(), |(h, _)| h)

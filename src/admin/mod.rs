@@ -477,14 +477,14 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
                 ],
                 vec!["policy_generation".to_string(), rt.generation.to_string()],
             ];
-            for (rule, n) in s.rejected_by_rule.lock().unwrap().iter() {
+            for (rule, n) in crate::guard::Stats::by_rule(&s.rejected_by).iter() {
                 rows.push(vec![format!("rejected[{rule}]"), n.to_string()]);
             }
             rows.push(vec![
                 "would_reject".to_string(),
                 s.shadowed.load(Ordering::Relaxed).to_string(),
             ]);
-            for (rule, n) in s.shadowed_by_rule.lock().unwrap().iter() {
+            for (rule, n) in crate::guard::Stats::by_rule(&s.shadowed_by).iter() {
                 rows.push(vec![format!("would_reject[{rule}]"), n.to_string()]);
             }
             Ok(table(&["metric", "value"], &rows, "SHOW"))

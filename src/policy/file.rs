@@ -56,6 +56,9 @@ struct PolicyFile {
     #[allow(dead_code)]
     tls: Option<toml::Value>,
     #[serde(default)]
+    #[allow(dead_code)]
+    metrics: Option<toml::Value>,
+    #[serde(default)]
     defaults: DefaultsFile,
     #[serde(default)]
     zones: BTreeMap<Spanned<String>, ZoneFile>,
@@ -202,6 +205,9 @@ fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
     }
     if cfg.get_table("tls").is_ok() {
         settings.tls = cfg.get("tls").map_err(err)?;
+    }
+    if cfg.get_table("metrics").is_ok() {
+        settings.metrics = cfg.get("metrics").map_err(err)?;
     }
     if let Err(message) = crate::net::Endpoint::parse(&settings.proxy.upstream) {
         return Err(PolicyError::Settings {

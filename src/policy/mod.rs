@@ -237,6 +237,15 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub state: StateSettings,
     pub tls: TlsSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus and health-check endpoint (see `crate::metrics`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `host:port` to serve GET /metrics and /healthz on ("" = off).
+    pub listen: String,
 }
 
 /// TLS between clients and the guard (see `crate::tls`).
@@ -357,6 +366,9 @@ pub struct ProxySettings {
     pub upstream_tls: String,
     /// The CA certificate(s) (PEM) that sign the upstream's certificate.
     pub upstream_ca_file: String,
+    /// At SIGTERM, how long sessions get to reach an idle moment outside a
+    /// transaction before the rest are closed (57P01).
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ProxySettings {
@@ -375,6 +387,7 @@ impl Default for ProxySettings {
             cache_bytes: crate::cache::DEFAULT_BYTES,
             upstream_tls: "prefer".into(),
             upstream_ca_file: String::new(),
+            drain_timeout_secs: 30,
         }
     }
 }

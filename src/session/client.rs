@@ -568,7 +568,7 @@ impl ClientSide {
                 let out = match verdict {
                     Verdict::Allow => None,
                     Verdict::Deny(d) if d.shadow => {
-                        self.guard.stats.count_shadowed(&d.rule);
+                        self.guard.stats.count_shadowed(&d, &self.info.user);
                         self.audit_event(&d, "would_reject", "function_call", "")
                             .await;
                         None
@@ -664,8 +664,18 @@ impl ClientSide {
         }
     }
 
-    /// Reads, classifies and judges the SQL text of a Query or Parse.
+    /// Reads, classifies and judges the SQL text of a Query or Parse (and
+    /// times it, for the metrics' histogram).
     fn judge_text(&mut self, text: &[u8]) -> Result<Judged, Box<Denial>> {
+        let started = std::time::Instant::now();
+        let judged = self.judge_text_untimed(text);
+        self.guard
+            .judge_seconds
+            .observe(started.elapsed().as_secs_f64());
+        judged
+    }
+
+    fn judge_text_untimed(&mut self, text: &[u8]) -> Result<Judged, Box<Denial>> {
         let Ok(sql) = std::str::from_utf8(text) else {
             return Err(Box::new(invalid_utf8()));
         };
@@ -740,11 +750,11 @@ impl ClientSide {
                     Verdict::Deny(d) if d.shadow => {
                         // Shadow: it runs; the record says it would not
                         // have (written before it is sent on).
-                        stats.count_shadowed(&d.rule);
+                        stats.count_shadowed(&d, &self.info.user);
                         shadowed.push(*d);
                     }
                     Verdict::Deny(d) => {
-                        stats.count_rejection(&d.rule);
+                        stats.count_rejection(&d, &self.info.user);
                         return Err(d);
                     }
                     Verdict::Allow => {}

@@ -216,7 +216,17 @@ async fn refuse_replication(
         "replication connections are not allowed through zoneguard for role \"{}\"",
         info.user
     );
-    guard.stats.count_rejection("replication");
+    let denial = crate::policy::Denial {
+        operation: "REPLICATION".into(),
+        table: None,
+        zone: None,
+        rule: "replication".into(),
+        sqlstate: "42501",
+        message: message.clone(),
+        hint: String::new(),
+        shadow: false,
+    };
+    guard.stats.count_rejection(&denial, &info.user);
     guard
         .audit
         .write(&audit::AuditRecord {
@@ -249,7 +259,14 @@ async fn refuse_replication(
 
 async fn connect_upstream(guard: &Guard) -> std::io::Result<net::Stream> {
     let timeout = Duration::from_secs(guard.settings.proxy.connect_timeout_secs);
-    guard.upstream.connect(timeout).await
+    let r = guard.upstream.connect(timeout).await;
+    if r.is_err() {
+        guard
+            .stats
+            .upstream_connect_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    r
 }
 
 /// How the client-to-server half ended.
@@ -323,7 +340,8 @@ async fn relay_halves<CR, CW, UR, UW>(
     let c2s = c2s.run(cr, uw, fatal_tx);
     // The ticket goes with the server half, which drops it once the server
     // has authenticated the client; until then the session can be evicted.
-    let s2c = server::server_to_client(ur, cw, state, fatal_rx, ready, Some(ticket));
+    let shutdown = guard.shutdown.subscribe();
+    let s2c = server::server_to_client(ur, cw, state, fatal_rx, ready, Some(ticket), shutdown);
     tokio::pin!(c2s, s2c);
     tokio::select! {
         // A fixed order: no random number drawn on every wake-up.

@@ -64,6 +64,7 @@ pub(crate) async fn server_to_client<R, W>(
     mut fatal: oneshot::Receiver<Bytes>,
     ready: Arc<Notify>,
     mut ticket: Option<crate::admission::Ticket>,
+    mut shutdown: tokio::sync::watch::Receiver<crate::guard::Shutdown>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -75,9 +76,26 @@ pub(crate) async fn server_to_client<R, W>(
         None => crate::admission::Ticket::never(),
     };
     tokio::pin!(evicted);
+    // Shutting down: the session ends once idle outside a transaction.
+    let mut draining = false;
     loop {
+        if draining && closable(&state) {
+            let _ = cw.write_all(&terminating()).await;
+            let _ = cw.shutdown().await;
+            return;
+        }
         tokio::select! {
             biased;
+            changed = shutdown.changed() => {
+                let now = *shutdown.borrow_and_update();
+                if changed.is_err() || now == crate::guard::Shutdown::Terminating {
+                    let _ = cw.write_all(&terminating()).await;
+                    let _ = cw.shutdown().await;
+                    return;
+                }
+                draining = now == crate::guard::Shutdown::Draining;
+                continue;
+            }
             // Until the server has authenticated the client, the admission
             // may evict the session to make room (see `admission`); the
             // branch is off afterwards, so the hot path does not poll it.
@@ -169,6 +187,22 @@ pub(crate) async fn server_to_client<R, W>(
             out.clear();
         }
     }
+}
+
+/// Idle outside a transaction, nothing owed: closing now loses nothing.
+fn closable(state: &Mutex<SessionState>) -> bool {
+    let st = state.lock().unwrap();
+    st.authenticated && st.idle() && st.status == b'I'
+}
+
+/// PostgreSQL's own words when an administrator stops the server.
+fn terminating() -> Bytes {
+    protocol::error_response(
+        Severity::Fatal,
+        "57P01",
+        "terminating connection due to administrator command",
+        Some("zoneguard is shutting down: reconnect (through another instance)."),
+    )
 }
 
 /// What [`scan`] found.

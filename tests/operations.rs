@@ -1,0 +1,226 @@
+//! Running it as operators do: the real binary with a metrics endpoint
+//! (Prometheus text, health check) and a graceful shutdown on SIGTERM.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use zoneguard::cluster::{free_port, wait_for_port};
+
+struct Running {
+    child: Child,
+    port: u16,
+    metrics: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The zoneguard binary with the shipped policy in front of `upstream`.
+fn run(upstream: &str, env: &[(&str, &str)]) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, SHIPPED_POLICY).unwrap();
+    let (port, metrics) = (free_port().unwrap(), free_port().unwrap());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoneguard"));
+    cmd.arg("--policy")
+        .arg(&policy)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--upstream", upstream])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .env("ZONEGUARD__STATE__ENABLED", "false")
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    wait_for_port(port);
+    wait_for_port(metrics);
+    Running {
+        child,
+        port,
+        metrics,
+        _dir: dir,
+    }
+}
+
+/// GET `path` over plain HTTP/1.1: (status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the metric line starting with `series` (name and labels).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_what_was_judged_and_the_health_check_follows_the_upstream() {
+    let db = fresh_db();
+    let g = run(&cluster().addr(), &[]);
+    let url = format!("postgresql://app@127.0.0.1:{}/{db}", g.port);
+    let app = connect_url(&url).await;
+    app.simple_query("SELECT count(*) FROM users")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            sqlstate(app.simple_query("DELETE FROM users").await),
+            "42501"
+        );
+    }
+    let (status, text) = get(g.metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&text, "zoneguard_statements_rejected_total{rule=\"legacy-read-only\",zone=\"legacy\",operation=\"DELETE\",role=\"app\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(metric(&text, "zoneguard_statements_judged_total").unwrap() >= 3.0);
+    assert_eq!(metric(&text, "zoneguard_clients_connected"), Some(1.0));
+    assert_eq!(
+        metric(&text, "zoneguard_switch_on{switch=\"enable_new_commerce\"}"),
+        Some(1.0)
+    );
+    assert!(metric(&text, "zoneguard_judge_seconds_count").unwrap() >= 3.0);
+    assert!(metric(&text, "zoneguard_classify_cache_hits_total").unwrap() >= 1.0);
+    assert!(text.contains("zoneguard_policy_info{checksum=\""), "{text}");
+    assert_eq!(metric(&text, "zoneguard_reloads_refused_total"), Some(0.0));
+    assert_eq!(
+        metric(&text, "zoneguard_audit_write_failures_total"),
+        Some(0.0)
+    );
+    let (status, body) = get(g.metrics, "/healthz");
+    assert_eq!(status, 200, "{body}");
+
+    // An upstream that does not answer: 503, with the reason, and the
+    // failed connection counted.
+    let dead = format!("127.0.0.1:{}", free_port().unwrap());
+    let g = run(&dead, &[]);
+    let (status, body) = get(g.metrics, "/healthz");
+    assert_eq!(status, 503);
+    assert!(body.contains("unreachable"), "{body}");
+    let _ =
+        tokio_postgres::connect(&format!("postgresql://app@127.0.0.1:{}/x", g.port), NoTls).await;
+    let (_, text) = get(g.metrics, "/metrics");
+    assert_eq!(
+        metric(&text, "zoneguard_upstream_connect_failures_total"),
+        Some(1.0)
+    );
+}
+
+/// A session whose connection task reports how it ended.
+async fn session(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Option<String>>,
+) {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let ended = tokio::spawn(async move {
+        conn.await
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()))
+    });
+    (client, ended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_sessions_then_closes_the_rest_with_57p01_and_exits_0() {
+    let db = fresh_db();
+    let mut g = run(
+        &cluster().addr(),
+        &[("ZONEGUARD__PROXY__DRAIN_TIMEOUT_SECS", "2")],
+    );
+    let url = format!("postgresql://app@127.0.0.1:{}/{db}", g.port);
+    let (idle, idle_end) = session(&url).await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let (busy, busy_end) = session(&url).await;
+    busy.batch_execute(
+        "BEGIN; INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'DRAIN-1', 'ACTIVE')",
+    )
+    .await
+    .unwrap();
+    let (stuck, stuck_end) = session(&url).await;
+    stuck
+        .batch_execute("BEGIN; INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'DRAIN-STUCK', 'ACTIVE')")
+        .await
+        .unwrap();
+
+    let sent = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &g.child.id().to_string()])
+        .status()
+        .unwrap();
+    // The idle session is closed at once, as PostgreSQL's admin shutdown.
+    assert_eq!(idle_end.await.unwrap().as_deref(), Some("57P01"));
+    // Draining: no new clients, and the health check says so.
+    let refused =
+        tokio::time::timeout(Duration::from_secs(2), tokio_postgres::connect(&url, NoTls))
+            .await
+            .unwrap();
+    assert!(refused.is_err(), "a new client while draining");
+    let (status, body) = get(g.metrics, "/healthz");
+    assert_eq!(status, 503);
+    assert!(body.contains("draining"), "{body}");
+    // The session in a transaction finishes its work.
+    busy.batch_execute(
+        "INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'DRAIN-2', 'ACTIVE'); COMMIT",
+    )
+    .await
+    .unwrap();
+    assert_eq!(busy_end.await.unwrap().as_deref(), Some("57P01"));
+    // The one that never finishes is closed at the drain timeout; its
+    // transaction is rolled back.
+    assert_eq!(stuck_end.await.unwrap().as_deref(), Some("57P01"));
+    let status = g.child.wait().unwrap();
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    let d = direct(&db).await;
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM entitlements WHERE sku IN ('DRAIN-1', 'DRAIN-2')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM entitlements WHERE sku = 'DRAIN-STUCK'"
+        )
+        .await,
+        0
+    );
+    eprintln!(
+        "SIGTERM -> exit 0 in {took:?} (drain timeout 2 s, one session held a transaction open)"
+    );
+}
