@@ -55,8 +55,9 @@ pub fn cap(s: &str, max: usize) -> (String, bool) {
 
 enum Sink {
     Stdout,
-    /// The open file and its (device, inode), to notice log rotation.
-    File(tokio::fs::File, (u64, u64)),
+    /// The open file and its (device, inode), to notice log rotation, and
+    /// whether a failed write may have left part of a record at its end.
+    File(tokio::fs::File, (u64, u64), bool),
 }
 
 /// Opens the audit file for appending (creating it and its directory).
@@ -94,7 +95,7 @@ impl AuditLog {
             Sink::Stdout
         } else {
             let (file, id) = open_file(target).await?;
-            Sink::File(file, id)
+            Sink::File(file, id, false)
         };
         Ok(AuditLog {
             sink: Mutex::new(sink),
@@ -123,7 +124,7 @@ impl AuditLog {
                     Err(e) => Err(e),
                 }
             }
-            Sink::File(f, id) => {
+            Sink::File(f, id, torn) => {
                 // Log rotation: if the path no longer names the open file
                 // (renamed away, or removed, by logrotate or an operator),
                 // reopen it, so the trail goes on at the configured path. A
@@ -139,16 +140,36 @@ impl AuditLog {
                             tracing::info!(target = %self.target, "audit log reopened (rotated)");
                             *f = file;
                             *id = new_id;
+                            *torn = false;
                         }
                         Err(e) => {
                             tracing::error!(error = %e, target = %self.target, "cannot reopen the audit log; writing to the old file")
                         }
                     }
                 }
-                match f.write_all(&line).await {
+                // A record is written whole or not at all: a write that
+                // fails part-way (a full disk, a file size limit) is cut
+                // back off; if even that fails, the next record starts on a
+                // line of its own rather than glued onto the fragment.
+                let before = f.metadata().await.map(|m| m.len()).ok();
+                if *torn {
+                    line.insert(0, b'\n');
+                }
+                let written = match f.write_all(&line).await {
                     Ok(()) => f.flush().await,
                     Err(e) => Err(e),
+                };
+                match &written {
+                    Ok(()) => *torn = false,
+                    Err(_) => {
+                        let cut = match before {
+                            Some(len) => f.set_len(len).await.is_ok(),
+                            None => false,
+                        };
+                        *torn |= !cut;
+                    }
                 }
+                written
             }
         };
         if let Err(e) = result {

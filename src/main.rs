@@ -653,7 +653,19 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// A file size limit (ulimit -f) must make the audit write fail (and be
+/// reported), not kill the guard: SIGXFSZ is caught and ignored.
+fn ignore_file_size_signal() {
+    #[cfg(target_os = "linux")]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // The handler stays installed for the life of the process.
+        let _ = signal(SignalKind::from_raw(25));
+    }
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<()> {
+    ignore_file_size_signal();
     let (policy, settings) = load_policy(cli)?;
     let (listeners, guard) = start(policy, settings, Some(cli.policy.clone())).await?;
     tracing::info!(

@@ -26,11 +26,29 @@ impl Drop for Running {
 
 /// The zoneguard binary with the shipped policy in front of `upstream`.
 fn run(upstream: &str, env: &[(&str, &str)]) -> Running {
+    run_limited(upstream, env, None)
+}
+
+/// [`run`], with a soft file size limit of `blocks` 512-byte blocks (`ulimit -S
+/// -f`; SIGXFSZ ignored, so writes past it fail as on a full disk).
+fn run_limited(upstream: &str, env: &[(&str, &str)], blocks: Option<u32>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, SHIPPED_POLICY).unwrap();
     let (port, metrics) = (free_port().unwrap(), free_port().unwrap());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoneguard"));
+    let bin = env!("CARGO_BIN_EXE_zoneguard");
+    let mut cmd = match blocks {
+        None => Command::new(bin),
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "trap '' XFSZ; ulimit -S -f {n}; exec \"$0\" \"$@\""
+                ))
+                .arg(bin);
+            c
+        }
+    };
     cmd.arg("--policy")
         .arg(&policy)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -223,4 +241,45 @@ async fn sigterm_drains_sessions_then_closes_the_rest_with_57p01_and_exits_0() {
     eprintln!(
         "SIGTERM -> exit 0 in {took:?} (drain timeout 2 s, one session held a transaction open)"
     );
+}
+
+#[tokio::test]
+async fn a_write_that_fails_part_way_never_leaves_a_torn_audit_record() {
+    let db = fresh_db();
+    // 2 KiB: room for a few records, then a write that fails part-way.
+    let g = run_limited(&cluster().addr(), &[], Some(4));
+    let audit = g._dir.path().join("zoneguard-audit.jsonl");
+    let app = connect_url(&format!("postgresql://app@127.0.0.1:{}/{db}", g.port)).await;
+    let lines_ok = || {
+        let text = std::fs::read_to_string(&audit).unwrap();
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            && (text.is_empty() || text.ends_with('\n'))
+    };
+    for i in 0..12 {
+        let sql = format!("DELETE FROM users WHERE id = {i}");
+        // Rejected whether or not its record could be written.
+        assert_eq!(sqlstate(app.simple_query(&sql).await), "42501");
+    }
+    let (_, text) = get(g.metrics, "/metrics");
+    let failures = metric(&text, "zoneguard_audit_write_failures_total").unwrap();
+    assert!(failures >= 1.0, "{text}");
+    assert!(
+        lines_ok(),
+        "a fragment was left: {:?}",
+        std::fs::read_to_string(&audit)
+    );
+    // Room again: the next record is whole, on its own line.
+    let st = Command::new("prlimit")
+        .args(["--pid", &g.child.id().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        sqlstate(app.simple_query("DELETE FROM users WHERE id = 999").await),
+        "42501"
+    );
+    assert!(lines_ok(), "{:?}", std::fs::read_to_string(&audit));
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert!(text.lines().last().unwrap().contains("id = 999"));
 }
