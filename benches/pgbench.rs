@@ -11,7 +11,12 @@
 //! BENCH_IDLE (idle connections for the RSS probe, default 500),
 //! BENCH_UPSTREAM (`tcp`, `unix` or `both`, default both),
 //! BENCH_CLIENT (`tcp` or `unix`, default tcp),
-//! ZONEGUARD_BIN (another zoneguard binary, e.g. an older build).
+//! BENCH_TLS=1 (pgbench reaches PgBouncer and zoneguard over TLS,
+//! `sslmode=require`, with a certificate the bench makes; the floor relay,
+//! which cannot terminate TLS, is left out; direct stays plain),
+//! ZONEGUARD_BIN (another zoneguard binary, e.g. an older build),
+//! ZONEGUARD_BASELINE_BIN (a second zoneguard binary run alongside as
+//! `zg-before`, for before/after figures from the same run).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -67,6 +72,8 @@ struct Target {
     port: u16,
     /// The proxy's process, for CPU and RSS.
     pid: Option<u32>,
+    /// pgbench connects with sslmode=require.
+    tls: bool,
 }
 
 /// Where a proxy finds the server.
@@ -171,10 +178,22 @@ fn find_pgbouncer() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// A certificate and key (PEM files in `dir`) for client-side TLS.
+fn make_certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (dir.join("bench.crt"), dir.join("bench.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
 fn start_pgbouncer(
     pg_port: u16,
     socket_dir: Option<&std::path::Path>,
     unix_clients: bool,
+    tls: bool,
 ) -> Option<PgBouncer> {
     let bin = find_pgbouncer().or_else(|| {
         eprintln!("pgbouncer not found: trying apt-get install -y pgbouncer");
@@ -196,8 +215,18 @@ fn start_pgbouncer(
     } else {
         String::new()
     };
+    let tls_lines = if tls {
+        let (c, k) = make_certificate(dir.path());
+        format!(
+            "client_tls_sslmode = prefer\nclient_tls_cert_file = {}\nclient_tls_key_file = {}\n",
+            c.display(),
+            k.display()
+        )
+    } else {
+        String::new()
+    };
     let ini = format!(
-        "[databases]\nbench = host={host} port={pg_port} dbname=bench\n\n[pgbouncer]\n\
+        "[databases]\nbench = host={host} port={pg_port} dbname=bench\n\n[pgbouncer]\n{tls_lines}\
          listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {listen_dir}\n\
          auth_type = trust\nauth_file = {d}/userlist.txt\npool_mode = session\n\
          max_client_conn = 2000\ndefault_pool_size = 650\nlogfile = {d}/pgbouncer.log\n\
@@ -249,6 +278,7 @@ impl Spawned {
             upstream: upstream.name(),
             port: self.port,
             pid: Some(self.child.id()),
+            tls: false,
         }
     }
 }
@@ -260,10 +290,12 @@ impl Drop for Spawned {
     }
 }
 
-fn start_zoneguard(upstream: &str, unix_clients: bool) -> Spawned {
-    let bin = std::env::var("ZONEGUARD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_zoneguard")));
+fn start_zoneguard(upstream: &str, unix_clients: bool, tls: bool, bin: Option<PathBuf>) -> Spawned {
+    let bin = bin.unwrap_or_else(|| {
+        std::env::var("ZONEGUARD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_BIN_EXE_zoneguard")))
+    });
     let dir = tempfile::tempdir().unwrap();
     let port = free_port().unwrap();
     // pgbench's tables form a writable zone, so TPC-B's writes are allowed;
@@ -311,7 +343,16 @@ allow = ["read"]
     );
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).unwrap();
-    let child = Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    // Settings through the environment, which older builds ignore: no
+    // switch state database here; client-side TLS when asked.
+    cmd.env("ZONEGUARD__STATE__ENABLED", "false");
+    if tls {
+        let (c, k) = make_certificate(dir.path());
+        cmd.env("ZONEGUARD__TLS__CERT_FILE", c)
+            .env("ZONEGUARD__TLS__KEY_FILE", k);
+    }
+    let child = cmd
         .arg("--policy")
         .arg(&path)
         .arg("--log-level")
@@ -331,9 +372,10 @@ struct Run {
     cpu_us_per_txn: Option<(f64, f64)>,
 }
 
-fn pgbench(host: &str, port: u16, args: &[&str], secs: u64, pid: Option<u32>) -> Run {
+fn pgbench(host: &str, port: u16, args: &[&str], secs: u64, pid: Option<u32>, tls: bool) -> Run {
     let cpu0 = pid.map(cpu_secs);
     let out = Command::new("pgbench")
+        .env("PGSSLMODE", if tls { "require" } else { "disable" })
         .args(["-h", host, "-p", &port.to_string(), "-U", "postgres", "-n"])
         .args(["-T", &secs.to_string()])
         .args(args)
@@ -468,7 +510,12 @@ fn main() {
         upstream: "-",
         port: cluster.port(),
         pid: None,
+        tls: false,
     }];
+    let tls = std::env::var("BENCH_TLS").is_ok_and(|v| v == "1");
+    let baseline = std::env::var("ZONEGUARD_BASELINE_BIN")
+        .ok()
+        .map(PathBuf::from);
     // Kept alive until the end; dropping one stops its process.
     let mut spawned = Vec::new();
     let mut bouncers = Vec::new();
@@ -477,13 +524,16 @@ fn main() {
             Upstream::Tcp => cluster.addr(),
             Upstream::Unix => socket.display().to_string(),
         };
-        let floor = start_floor(&addr, unix_clients);
-        targets.push(floor.target("floor", up, host(floor.dir.path())));
-        spawned.push(floor);
+        if !tls {
+            let floor = start_floor(&addr, unix_clients);
+            targets.push(floor.target("floor", up, host(floor.dir.path())));
+            spawned.push(floor);
+        }
         match start_pgbouncer(
             cluster.port(),
             (up == Upstream::Unix).then_some(socket_dir.as_path()),
             unix_clients,
+            tls,
         ) {
             Some(b) => {
                 targets.push(Target {
@@ -492,14 +542,26 @@ fn main() {
                     upstream: up.name(),
                     port: b.port,
                     pid: Some(b.pid),
+                    tls,
                 });
                 bouncers.push(b);
             }
             None => eprintln!("PgBouncer unavailable: its rows are skipped"),
         }
-        let zg = start_zoneguard(&addr, unix_clients);
-        targets.push(zg.target("zoneguard", up, host(zg.dir.path())));
+        let zg = start_zoneguard(&addr, unix_clients, tls, None);
+        targets.push(Target {
+            tls,
+            ..zg.target("zoneguard", up, host(zg.dir.path()))
+        });
         spawned.push(zg);
+        if let Some(bin) = &baseline {
+            let zg = start_zoneguard(&addr, unix_clients, tls, Some(bin.clone()));
+            targets.push(Target {
+                tls,
+                ..zg.target("zg-before", up, host(zg.dir.path()))
+            });
+            spawned.push(zg);
+        }
     }
 
     let workloads: Vec<(&str, Vec<&str>)> = vec![
@@ -532,7 +594,7 @@ fn main() {
             for k in 0..targets.len() {
                 let ti = (k + round as usize + wi) % targets.len();
                 let t = &targets[ti];
-                let r = pgbench(&t.host, t.port, args, secs, t.pid);
+                let r = pgbench(&t.host, t.port, args, secs, t.pid, t.tls);
                 eprintln!(
                     "round {} {wname:<18} {:<10} {:<4} tps {:>9.0}  lat {:.3} ms  cpu {}",
                     round + 1,
@@ -561,8 +623,9 @@ fn main() {
 
     println!();
     println!(
-        "pgbench, scale {scale}, {secs}s per run, medians of {rounds} interleaved rounds; pgbench connects over {}; \"upstream\" is how the proxy reaches PostgreSQL",
-        if unix_clients { "Unix-domain sockets" } else { "TCP" }
+        "pgbench, scale {scale}, {secs}s per run, medians of {rounds} interleaved rounds; pgbench connects over {}{}; \"upstream\" is how the proxy reaches PostgreSQL",
+        if unix_clients { "Unix-domain sockets" } else { "TCP" },
+        if tls { " with TLS (sslmode=require) to the proxies, plain to direct" } else { "" }
     );
     println!(
         "| workload | target | upstream | TPS | latency ms | vs direct | vs PgBouncer | vs floor | CPU µs/txn (user) |"

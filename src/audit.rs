@@ -53,8 +53,17 @@ pub fn cap(s: &str, max: usize) -> (String, bool) {
     }
 }
 
+type SyslogLogger = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
 enum Sink {
     Stdout,
+    /// The local syslog daemon (a Unix datagram socket: /dev/log, or the
+    /// path given as `syslog:PATH`), facility local0; reconnected when a
+    /// send fails (the daemon restarted).
+    Syslog(
+        std::sync::Arc<std::sync::Mutex<SyslogLogger>>,
+        Option<String>,
+    ),
     /// The open file and its (device, inode), to notice log rotation, and
     /// whether a failed write may have left part of a record at its end.
     File(tokio::fs::File, (u64, u64), bool),
@@ -77,6 +86,29 @@ async fn open_file(target: &str) -> std::io::Result<(tokio::fs::File, (u64, u64)
     Ok((file, (m.dev(), m.ino())))
 }
 
+/// `syslog` (Some(None): the system's socket) or `syslog:PATH`.
+fn syslog_target(target: &str) -> Option<Option<String>> {
+    match target.strip_prefix("syslog") {
+        Some("") => Some(None),
+        Some(rest) => rest.strip_prefix(':').map(|p| Some(p.to_string())),
+        None => None,
+    }
+}
+
+fn syslog_connect(path: Option<&str>) -> std::io::Result<SyslogLogger> {
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_LOCAL0,
+        hostname: None,
+        process: "zoneguard".into(),
+        pid: std::process::id(),
+    };
+    match path {
+        Some(p) => syslog::unix_custom(formatter, p),
+        None => syslog::unix(formatter),
+    }
+    .map_err(|e| std::io::Error::other(format!("cannot reach syslog: {e}")))
+}
+
 /// The audit log. Writes are serialised; each record is one `write_all` of
 /// a whole line to a file opened for append, then flushed. It survives log
 /// rotation: before each record the path is checked, and a file renamed or
@@ -93,6 +125,9 @@ impl AuditLog {
     pub async fn open(target: &str, max_statement_chars: usize) -> std::io::Result<AuditLog> {
         let sink = if target == "-" {
             Sink::Stdout
+        } else if let Some(path) = syslog_target(target) {
+            let logger = syslog_connect(path.as_deref())?;
+            Sink::Syslog(std::sync::Arc::new(std::sync::Mutex::new(logger)), path)
         } else {
             let (file, id) = open_file(target).await?;
             Sink::File(file, id, false)
@@ -103,6 +138,24 @@ impl AuditLog {
             max_statement_chars,
             target: target.to_string(),
         })
+    }
+
+    /// Opens the file at the path again (SIGHUP, RELOAD): after a rotation
+    /// by rename, records go to the new file at once.
+    pub async fn reopen(&self) {
+        let mut sink = self.sink.lock().await;
+        if let Sink::File(f, id, torn) = &mut *sink {
+            match open_file(&self.target).await {
+                Ok((file, new_id)) => {
+                    *f = file;
+                    *id = new_id;
+                    *torn = false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, target = %self.target, "cannot reopen the audit log; writing to the old file")
+                }
+            }
+        }
     }
 
     /// Writes one record and waits until it is written.
@@ -117,6 +170,22 @@ impl AuditLog {
         line.push(b'\n');
         let mut sink = self.sink.lock().await;
         let result = match &mut *sink {
+            Sink::Syslog(logger, path) => {
+                // One datagram per record (without the newline), sent off
+                // the async threads: a stalled daemon blocks the sender.
+                let message = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                let (logger, path) = (logger.clone(), path.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut l = logger.lock().unwrap();
+                    if l.notice(&message).is_ok() {
+                        return Ok(());
+                    }
+                    *l = syslog_connect(path.as_deref())?;
+                    l.notice(&message).map_err(std::io::Error::other)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
             Sink::Stdout => {
                 let mut out = tokio::io::stdout();
                 match out.write_all(&line).await {

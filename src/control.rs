@@ -231,9 +231,11 @@ pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how
     swap(guard, new);
     true
 }
-/// Reloads the policy file. An invalid file is refused, logged and audited;
+/// Reloads the policy file (and reopens the audit log, and reads the TLS
+/// certificates again). An invalid file is refused, logged and audited;
 /// the running policy stays in force.
 pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlError> {
+    guard.audit.reopen().await;
     reload_certificates(guard, how, who).await;
     let path = guard.policy_path.as_deref().ok_or(ControlError::NoFile)?;
     let text = std::fs::read_to_string(path).map_err(|source| policy::PolicyError::Io {

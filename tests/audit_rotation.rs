@@ -50,3 +50,22 @@ async fn the_audit_log_survives_rotation() {
     assert_eq!(all.len(), 1, "{all:?}");
     assert!(all[0]["statement"].as_str().unwrap().contains("id = 5"));
 }
+
+#[tokio::test]
+async fn sighup_or_reload_reopens_the_audit_log_at_once() {
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let console = admin(&g).await;
+    console.simple_query("SHOW MODE").await.unwrap();
+    let rotated = g.audit_path.with_extension("jsonl.1");
+    std::fs::rename(&g.audit_path, &rotated).unwrap();
+    assert!(!g.audit_path.exists());
+    // logrotate's postrotate: kill -HUP (here the console's RELOAD, the
+    // same path). The new file is there before any record is written.
+    console.simple_query("RELOAD").await.unwrap();
+    assert!(g.audit_path.exists(), "reopened at the path");
+    // The reload's own record goes to the new file, not the rotated one.
+    assert!(g.audit().iter().any(|r| r["event"] == "policy_reloaded"));
+    assert!(read_jsonl(&rotated)
+        .iter()
+        .all(|r| r["event"] != "policy_reloaded"));
+}

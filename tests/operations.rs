@@ -283,3 +283,33 @@ async fn a_write_that_fails_part_way_never_leaves_a_torn_audit_record() {
     let text = std::fs::read_to_string(&audit).unwrap();
     assert!(text.lines().last().unwrap().contains("id = 999"));
 }
+
+#[tokio::test]
+async fn audit_records_can_go_to_syslog() {
+    let db = fresh_db();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("log.sock");
+    let syslogd = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    syslogd
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let target = format!("syslog:{}", sock.display());
+    let g = run(
+        &cluster().addr(),
+        &[("ZONEGUARD__AUDIT__FILE", target.as_str())],
+    );
+    let app = connect_url(&format!("postgresql://app@127.0.0.1:{}/{db}", g.port)).await;
+    assert_eq!(
+        sqlstate(app.simple_query("DELETE FROM users WHERE id = 7").await),
+        "42501"
+    );
+    let mut buf = vec![0u8; 65536];
+    let n = syslogd.recv(&mut buf).expect("a syslog datagram");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    // RFC 3164: <PRI> (local0.notice = 133), then "zoneguard[pid]: " and the record.
+    assert!(msg.starts_with("<133>"), "{msg}");
+    let json = &msg[msg.find(": {").expect("a JSON record") + 2..];
+    let record: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(record["event"], "rejected");
+    assert_eq!(record["statement"], "DELETE FROM users WHERE id = 7");
+}

@@ -225,7 +225,8 @@ fn settings(text: &str, path: &Path) -> Result<Settings, PolicyError> {
             &mut settings.tls.key_file,
             &mut settings.proxy.upstream_ca_file,
         ] {
-            if !file.is_empty() && file != "-" && PathBuf::from(&*file).is_relative() {
+            let special = *file == "-" || *file == "syslog" || file.starts_with("syslog:");
+            if !file.is_empty() && !special && PathBuf::from(&*file).is_relative() {
                 *file = dir.join(&*file).display().to_string();
             }
         }
