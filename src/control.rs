@@ -256,19 +256,32 @@ async fn reload_certificates(guard: &Guard, how: &str, who: &str) {
         Ok(()) => tracing::info!(how, "TLS certificate reloaded"),
         Err(e) => {
             tracing::error!(error = %e, how, "TLS certificate reload refused; the one in force stays");
-            guard
-                .stats
-                .reloads_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            guard
-                .audit
-                .write(&ControlRecord {
-                    error: Some(e.to_string()),
-                    ..ControlRecord::new("tls_reload_refused", how, who, generation)
-                })
-                .await;
+            refused(
+                guard,
+                "tls_reload_refused",
+                how,
+                who,
+                generation,
+                e.to_string(),
+            )
+            .await;
         }
     }
+}
+
+/// Counts and audits a reload that was refused (what was in force stays).
+async fn refused(guard: &Guard, event: &str, how: &str, who: &str, generation: u64, error: String) {
+    guard
+        .stats
+        .reloads_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    guard
+        .audit
+        .write(&ControlRecord {
+            error: Some(error),
+            ..ControlRecord::new(event, how, who, generation)
+        })
+        .await;
 }
 
 /// Installs `text` (read from the policy file) if it is valid.
@@ -287,22 +300,8 @@ async fn reload_text(
         }
         Err(e) => {
             tracing::error!(error = %e, how, "policy reload refused; the running policy stays in force");
-            guard
-                .stats
-                .reloads_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            guard
-                .audit
-                .write(&ControlRecord {
-                    error: Some(e.to_string()),
-                    ..ControlRecord::new(
-                        "reload_refused",
-                        how,
-                        who,
-                        guard.runtime.load().generation,
-                    )
-                })
-                .await;
+            let generation = guard.runtime.load().generation;
+            refused(guard, "reload_refused", how, who, generation, e.to_string()).await;
             Err(e.into())
         }
     }

@@ -69,18 +69,46 @@ fn by_denial(
 pub fn render(guard: &Guard) -> String {
     let mut r = Registry::with_prefix("zoneguard");
     let s = &guard.stats;
-    counter(
-        &mut r,
-        "statements_judged",
-        "Statements judged (each statement of a multi-statement text counts).",
-        s.statements.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut r,
-        "statements_allowed",
-        "Statements allowed.",
-        s.allowed.load(Ordering::Relaxed),
-    );
+    let counters = [
+        (
+            "statements_judged",
+            "Statements judged (each statement of a multi-statement text counts).",
+            s.statements.load(Ordering::Relaxed),
+        ),
+        (
+            "statements_allowed",
+            "Statements allowed.",
+            s.allowed.load(Ordering::Relaxed),
+        ),
+        (
+            "upstream_connect_failures",
+            "Connections to the upstream server that failed.",
+            s.upstream_connect_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "classify_cache_hits",
+            "Statement texts whose classification came from the cache.",
+            guard.cache.hits.load(Ordering::Relaxed),
+        ),
+        (
+            "classify_cache_misses",
+            "Statement texts classified anew.",
+            guard.cache.misses.load(Ordering::Relaxed),
+        ),
+        (
+            "reloads_refused",
+            "Policy files or certificates refused at reload (the running ones stayed).",
+            s.reloads_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "audit_write_failures",
+            "Audit records that could not be written (each is in the error log instead).",
+            guard.audit.failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(&mut r, name, help, value);
+    }
     by_denial(
         &mut r,
         "statements_rejected",
@@ -93,24 +121,6 @@ pub fn render(guard: &Guard) -> String {
         "clients_connected",
         "Client sessions relayed now (console logins not counted).",
         guard.clients_registry.lock().unwrap().len() as i64,
-    );
-    counter(
-        &mut r,
-        "upstream_connect_failures",
-        "Connections to the upstream server that failed.",
-        s.upstream_connect_failures.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut r,
-        "classify_cache_hits",
-        "Statement texts whose classification came from the cache.",
-        guard.cache.hits.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut r,
-        "classify_cache_misses",
-        "Statement texts classified anew.",
-        guard.cache.misses.load(Ordering::Relaxed),
     );
     gauge(
         &mut r,
@@ -146,18 +156,6 @@ pub fn render(guard: &Guard) -> String {
         "switch_on",
         "Each switch's position in force (1 on, 0 off).",
         switches,
-    );
-    counter(
-        &mut r,
-        "reloads_refused",
-        "Policy files or certificates refused at reload (the running ones stayed).",
-        s.reloads_refused.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut r,
-        "audit_write_failures",
-        "Audit records that could not be written (each is in the error log instead).",
-        guard.audit.failures.load(Ordering::Relaxed),
     );
     r.register(
         "judge_seconds",

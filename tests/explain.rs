@@ -117,20 +117,8 @@ async fn the_console_explains_a_verdict() {
         g.addr.port()
     ))
     .await;
-    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<String>> {
-        msgs.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                    (0..r.len())
-                        .map(|i| r.get(i).unwrap_or("").to_owned())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect()
-    };
     let r = rows(
-        console
+        &console
             .simple_query("EXPLAIN VERDICT 'UPDATE users SET email = ''x'''")
             .await
             .unwrap(),
@@ -139,7 +127,7 @@ async fn the_console_explains_a_verdict() {
     assert_eq!(last[4], "rejected", "{r:?}");
     assert!(last[5].contains("legacy zone is read-only"), "{r:?}");
     let r = rows(
-        console
+        &console
             .simple_query("EXPLAIN VERDICT 'UPDATE users SET email = email' AS ROLE legacy_app")
             .await
             .unwrap(),
@@ -147,7 +135,7 @@ async fn the_console_explains_a_verdict() {
     assert_eq!(r.last().unwrap()[4], "allowed", "{r:?}");
     // Through the catalog of a database the guard keeps.
     let r = rows(
-        console
+        &console
             .simple_query(&format!(
                 "EXPLAIN VERDICT 'DROP INDEX entitlements_source_sku' IN DATABASE {db}"
             ))

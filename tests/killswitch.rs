@@ -175,15 +175,7 @@ async fn editing_the_file_flips_and_an_invalid_file_is_refused() {
         off.replace("zone = \"legacy\"", "zone = \"legcy\""),
     )
     .unwrap();
-    within(Duration::from_secs(3), || async {
-        g.audit().iter().any(|r| r["event"] == "reload_refused")
-    })
-    .await;
-    let refused = g
-        .audit()
-        .into_iter()
-        .find(|r| r["event"] == "reload_refused")
-        .unwrap();
+    let refused = audit_event(&g, "reload_refused").await;
     assert!(refused["error"].as_str().unwrap().contains("legcy"));
     assert_eq!(
         sqlstate(app.batch_execute("DELETE FROM users").await),

@@ -61,15 +61,8 @@ async fn an_empty_policy_file_is_refused_and_an_atomic_rename_is_installed() {
     let g = TestGuard::start(SHIPPED_POLICY).await;
     let checksum = g.guard.runtime.load().policy.checksum();
     std::fs::File::create(&g.policy_path).unwrap();
-    within(Duration::from_secs(3), || async {
-        reloads(&g, "reload_refused") == 1
-    })
-    .await;
-    let refused = g
-        .audit()
-        .into_iter()
-        .find(|r| r["event"] == "reload_refused")
-        .unwrap();
+    let refused = audit_event(&g, "reload_refused").await;
+    assert_eq!(reloads(&g, "reload_refused"), 1);
     assert!(
         refused["error"].as_str().unwrap().contains("empty"),
         "{refused}"

@@ -202,6 +202,18 @@ pub fn rows(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The first audit record of `event`, waiting up to 3 s for it.
+pub async fn audit_event(g: &TestGuard, event: &str) -> serde_json::Value {
+    within(std::time::Duration::from_secs(3), || async {
+        g.audit().iter().any(|r| r["event"] == event)
+    })
+    .await;
+    g.audit()
+        .into_iter()
+        .find(|r| r["event"] == event)
+        .expect("found above")
+}
+
 /// Polls until `f` holds, at most `limit`; returns how long it took.
 pub async fn within<F, Fut>(limit: std::time::Duration, mut f: F) -> std::time::Duration
 where
