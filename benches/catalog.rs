@@ -65,7 +65,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let upstream = zoneguard::net::Upstream::plain(Endpoint::parse(&cluster.addr()).unwrap());
+    let upstream = zoneguard::upstream::Upstream::plain(Endpoint::parse(&cluster.addr()).unwrap());
     let settings = CatalogSettings::default();
     let mut times = Vec::new();
     let rss_before = rss_kib();

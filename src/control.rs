@@ -324,7 +324,7 @@ pub async fn set_switch(
     if guard.state.enabled() {
         let state = &guard.state;
         let recorded = async {
-            let client = state.client(guard).await?;
+            let client = crate::state::client(guard).await?;
             crate::state::flip(&client, name, on, who, reason, Some(&state.instance)).await
         }
         .await

@@ -19,17 +19,10 @@ use hyper::{Request, Response, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::guard::{DenialKey, Guard};
-
-/// The guard's own time per judged statement (reading, classifying,
-/// judging), in seconds: buckets from 1 µs doubling to about 16 ms.
-pub fn judge_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1e-6, 2.0, 15))
-}
 
 type Labels = Vec<(&'static str, String)>;
 

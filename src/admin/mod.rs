@@ -304,7 +304,7 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
         }
         ["show", "instances"] => {
             let st = &guard.state;
-            let client = st.client(guard).await.map_err(|e| e.explain())?;
+            let client = crate::state::client(guard).await.map_err(|e| e.explain())?;
             let silent = crate::state::silent_after(&st.settings);
             let list = crate::state::instances(&client, silent)
                 .await
@@ -342,7 +342,7 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
             ))
         }
         ["show", "flips"] => {
-            let client = guard.state.client(guard).await.map_err(|e| e.explain())?;
+            let client = crate::state::client(guard).await.map_err(|e| e.explain())?;
             let list = crate::state::flips(&client, 50)
                 .await
                 .map_err(|e| e.explain())?;

@@ -19,12 +19,12 @@ pub enum LoadError {
     Timeout,
 }
 
-impl From<crate::net::OwnConnectionError> for LoadError {
-    fn from(e: crate::net::OwnConnectionError) -> Self {
+impl From<crate::upstream::OwnConnectionError> for LoadError {
+    fn from(e: crate::upstream::OwnConnectionError) -> Self {
         match e {
-            crate::net::OwnConnectionError::Connect(e) => LoadError::Connect(e),
-            crate::net::OwnConnectionError::Postgres(e) => LoadError::Postgres(e),
-            crate::net::OwnConnectionError::Timeout => LoadError::Timeout,
+            crate::upstream::OwnConnectionError::Connect(e) => LoadError::Connect(e),
+            crate::upstream::OwnConnectionError::Postgres(e) => LoadError::Postgres(e),
+            crate::upstream::OwnConnectionError::Timeout => LoadError::Timeout,
         }
     }
 }
@@ -40,7 +40,7 @@ pub const NOTIFY_CHANNEL: &str = "zoneguard_catalog";
 
 /// Connects to `database` as the catalog role and reads its catalog.
 pub async fn load(
-    upstream: &crate::net::Upstream,
+    upstream: &crate::upstream::Upstream,
     settings: &CatalogSettings,
     database: &str,
     timeout: Duration,
@@ -53,13 +53,13 @@ pub async fn load(
 /// `on_notify` for each notification. The connection lives as long as the
 /// client.
 pub async fn connect(
-    upstream: &crate::net::Upstream,
+    upstream: &crate::upstream::Upstream,
     settings: &CatalogSettings,
     database: &str,
     timeout: Duration,
     on_notify: impl Fn() + Send + 'static,
 ) -> Result<tokio_postgres::Client, LoadError> {
-    let login = crate::net::Login {
+    let login = crate::upstream::Login {
         user: &settings.user,
         password: &settings.password,
         database,

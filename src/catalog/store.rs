@@ -31,7 +31,7 @@ const MIN_GAP: Duration = Duration::from_millis(50);
 /// The catalogs of every database the guard fronts.
 pub struct CatalogStore {
     settings: CatalogSettings,
-    upstream: crate::net::Upstream,
+    upstream: crate::upstream::Upstream,
     timeout: Duration,
     databases: Mutex<HashMap<String, Arc<DatabaseCatalog>>>,
 }
@@ -54,7 +54,7 @@ pub struct DatabaseCatalog {
 impl CatalogStore {
     pub fn new(
         settings: CatalogSettings,
-        upstream: crate::net::Upstream,
+        upstream: crate::upstream::Upstream,
         timeout: Duration,
     ) -> CatalogStore {
         CatalogStore {
@@ -151,7 +151,7 @@ impl DatabaseCatalog {
 async fn reloader(
     db: Weak<DatabaseCatalog>,
     wake: Arc<Notify>,
-    upstream: crate::net::Upstream,
+    upstream: crate::upstream::Upstream,
     settings: CatalogSettings,
     timeout: Duration,
 ) {

@@ -121,12 +121,12 @@ async fn connect(settings: &Settings) -> anyhow::Result<Client> {
         &settings.proxy.upstream_ca_file,
         &endpoint,
     )?;
-    let upstream = crate::net::Upstream {
+    let upstream = crate::upstream::Upstream {
         endpoint,
         tls: std::sync::Arc::new(tls),
     };
     let s = &settings.state;
-    let login = crate::net::Login {
+    let login = crate::upstream::Login {
         user: &s.user,
         password: &s.password,
         database: &s.database,
@@ -177,7 +177,7 @@ async fn set(
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "unknown".into());
-    let who = format!("cli:{user}@{}", super::host_name());
+    let who = format!("cli:{user}@{}", super::handle::host_name());
     let flip = super::flip(client, name, on, &who, reason, None)
         .await
         .map_err(|e| anyhow::anyhow!(e.explain()))?;
