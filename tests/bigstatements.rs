@@ -59,3 +59,42 @@ async fn bulk_inserts_and_in_lists_near_the_limit() {
     let deleted = app.execute(&delete_new, &[]).await.unwrap();
     assert_eq!(deleted, n as u64);
 }
+
+/// A long chain of set operations whose arms hold commas once overflowed a
+/// worker thread's stack while its syntax tree was walked, and the guard
+/// process aborted: now judged (on a thread with a large stack), and the
+/// guard goes on serving.
+#[tokio::test]
+async fn a_long_union_chain_is_judged_and_the_guard_survives() {
+    let db = fresh_db();
+    let g = TestGuard::start(SHIPPED_POLICY).await;
+    let app = g.connect("app", &db).await;
+    let d = direct(&db).await;
+    // Arms with commas of their own: SELECT 1, 'U<i>', ...
+    let arms = |n: usize, rest: &str| {
+        (0..n)
+            .map(|i| format!("SELECT 1, 'U{i}', {rest}"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
+    let n = 20_000;
+    let insert = format!(
+        "INSERT INTO entitlements (user_id, sku, status) {}",
+        arms(n, "'ACTIVE'")
+    );
+    assert!(insert.len() > 600_000);
+    // Allowed by the guard; PostgreSQL itself refuses a chain this long.
+    assert_eq!(sqlstate(app.batch_execute(&insert).await), "54001");
+    let legacy = format!("INSERT INTO users (id, email, name) {}", arms(n, "'x'"));
+    assert_eq!(sqlstate(app.batch_execute(&legacy).await), "42501");
+    // A chain PostgreSQL runs, and the guard still serving.
+    let insert = format!(
+        "INSERT INTO entitlements (user_id, sku, status) {}",
+        arms(2_000, "'ACTIVE'")
+    );
+    app.batch_execute(&insert).await.unwrap();
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM entitlements WHERE sku LIKE 'U%'").await,
+        2_000
+    );
+}

@@ -221,34 +221,58 @@ pub(crate) fn approx_len(tokens: &[TokenWithSpan]) -> usize {
 }
 
 /// A bound on how deep the syntax tree can be: the most tokens on one path
-/// of parenthesis levels, counting at each level only the tokens since the
-/// last comma. Left-associative chains (`a OR b OR ...`, `x UNION y ...`)
-/// are parsed in a loop, so the parser's recursion limit does not bound them.
+/// of parenthesis levels, counting at each level the tokens since the last
+/// comma, plus every set operator (UNION, INTERSECT, EXCEPT) at that level.
+/// Left-associative chains (`a OR b OR ...`, `x UNION y ...`) are parsed in
+/// a loop, so the parser's recursion limit does not bound them; walking or
+/// dropping their trees recurses once per link.
+///
+/// Invariant: the tree's depth is at most this bound. A comma ends an
+/// expression (a select-list item, an argument, a row), so the run of
+/// tokens restarts there; but the arms of a set operation hold commas of
+/// their own (`SELECT 1, 2 UNION ALL SELECT 3, 4 ...`), and the chain of
+/// set operations goes on across them, so set operators are counted apart
+/// and never reset by a comma (a 640 KB chain of 20,000 UNIONs, each arm
+/// with commas, once overflowed a worker's stack).
 pub(crate) fn depth_bound(tokens: &[TokenWithSpan]) -> usize {
-    let mut runs: Vec<usize> = vec![0];
+    // Per parenthesis level: tokens since the last comma, set operators.
+    let mut runs: Vec<(usize, usize)> = vec![(0, 0)];
     let mut total = 0usize;
     let mut best = 0usize;
     for t in tokens {
         let top = runs.len() - 1;
-        match t.token {
+        match &t.token {
             Token::LParen | Token::LBracket => {
-                runs[top] += 1;
+                runs[top].0 += 1;
                 total += 1;
-                runs.push(0);
+                runs.push((0, 0));
             }
             Token::RParen | Token::RBracket => {
                 if top > 0 {
-                    total -= runs[top];
-                    runs.pop();
+                    let (run, sets) = runs.pop().expect("top > 0");
+                    total -= run + sets;
                 }
             }
             Token::Comma | Token::SemiColon => {
-                total -= runs[top];
-                runs[top] = 0;
+                total -= runs[top].0;
+                runs[top].0 = 0;
+                if matches!(t.token, Token::SemiColon) {
+                    total -= runs[top].1;
+                    runs[top].1 = 0;
+                }
             }
             Token::Whitespace(_) => {}
+            Token::Word(w)
+                if matches!(
+                    w.keyword,
+                    Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT
+                ) =>
+            {
+                runs[top].1 += 1;
+                total += 1;
+            }
             _ => {
-                runs[top] += 1;
+                runs[top].0 += 1;
                 total += 1;
             }
         }
@@ -324,5 +348,14 @@ mod tests {
         assert_eq!(depth_bound(&tokenize("SELECT 1+1+1").unwrap()), 6);
         assert_eq!(depth_bound(&tokenize("SELECT (a+b), (c)").unwrap()), 5);
         assert_eq!(depth_bound(&tokenize("SELECT f(a+a+a, b) + g").unwrap()), 8);
+        // Set operations chain across the commas of their arms.
+        let chain = (0..500)
+            .map(|i| format!("SELECT {i}, 'a', 'b'"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        assert!(depth_bound(&tokenize(&chain).unwrap()) >= 499);
+        // ... but not across statements.
+        let two = "SELECT 1 UNION SELECT 2; SELECT 3 UNION SELECT 4";
+        assert!(depth_bound(&tokenize(two).unwrap()) <= 6);
     }
 }
