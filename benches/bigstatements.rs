@@ -73,6 +73,7 @@ allow = ["read"]
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy).unwrap();
     let mut child = Command::new(&bin)
+        .env("ZONEGUARD__STATE__ENABLED", "false")
         .arg("--policy")
         .arg(&path)
         .arg("--log-level")
@@ -120,6 +121,15 @@ allow = ["read"]
         ("INSERT VALUES, 5,000 rows".into(), insert(5_000)),
         ("INSERT VALUES, 50,000 rows".into(), insert(50_000)),
         ("INSERT VALUES, 250,000 rows".into(), insert(250_000)),
+        // No fast path: every row holds an expression, judged in full.
+        (
+            "INSERT VALUES with expressions, 50,000 rows".into(),
+            insert(50_000).replace("'SKU-", "'X' || 'SKU-"),
+        ),
+        (
+            "INSERT VALUES with expressions, 200,000 rows".into(),
+            insert(200_000).replace("'SKU-", "'X' || 'SKU-"),
+        ),
     ];
     println!();
     println!("| statement | bytes | direct ms | zoneguard ms | ratio |");

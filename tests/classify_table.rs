@@ -1317,17 +1317,24 @@ fn empty_input() {
 // ---------------------------------------------------------------- limits
 
 #[test]
-fn statement_over_one_mib_is_not_parsed() {
+fn a_text_over_the_parse_limit_is_not_parsed_and_under_it_is() {
     let sql = format!("SELECT '{}' FROM users", "x".repeat(1 << 20));
-    let info = one(&sql);
+    let v = zoneguard::classify::classify_limited(&sql, 1 << 20);
+    assert_eq!(v.len(), 1);
     assert!(
-        matches!(&info.specials[..], [Special::Unparsed { may_write: true, reason }] if reason.contains("too long")),
+        matches!(&v[0].specials[..], [Special::Unparsed { may_write: true, reason }] if reason.contains("too long")),
         "{:?}",
-        info.specials
+        v[0].specials
     );
-    assert!(info.accesses.is_empty());
-    // the other statements in the string are still judged
+    assert!(v[0].accesses.is_empty());
+    // Without a limit (the command-line tools') it is read.
+    assert_eq!(pairs(&one(&sql)), want(&[("read", "users")]));
+    // A text over the limit is one statement that may write, whatever it
+    // holds: fail closed.
     let sql = format!("SELECT '{}'; DELETE FROM users", "x".repeat(1 << 20));
+    let v = zoneguard::classify::classify_limited(&sql, 1 << 20);
+    assert_eq!(v.len(), 1);
+    assert!(matches!(&v[0].specials[..], [Special::Unparsed { may_write: true, .. }]));
     let v = classify(&sql);
     assert_eq!(v.len(), 2);
     assert_eq!(pairs(&v[1]), want(&[("delete", "users")]));

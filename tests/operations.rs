@@ -313,3 +313,102 @@ async fn audit_records_can_go_to_syslog() {
     assert_eq!(record["event"], "rejected");
     assert_eq!(record["statement"], "DELETE FROM users WHERE id = 7");
 }
+
+/// Over the old 1 MiB limit, in a shape no fast path shortens (every row
+/// holds an expression): judged, not refused; and judged off the async
+/// threads, so with a single-threaded guard another session is served
+/// while it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_megabyte_statement_of_any_shape_is_judged_while_others_are_served() {
+    let db = fresh_db();
+    let g = run(&cluster().addr(), &[("ZONEGUARD_THREADS", "1")]);
+    let url = format!("postgresql://app@127.0.0.1:{}/{db}", g.port);
+    let app = connect_url(&url).await;
+    let other = connect_url(&url).await;
+    let rows = |sku: &str| {
+        (0..45_000)
+            .map(|i| format!("(1, '{sku}-' || {i}, 'ACTIVE')"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let insert = format!(
+        "INSERT INTO entitlements (user_id, sku, status) VALUES {}",
+        rows("BIG")
+    );
+    assert!(insert.len() > 1 << 20, "{}", insert.len());
+    let started = Instant::now();
+    let big = tokio::spawn(async move {
+        let r = app.batch_execute(&insert).await;
+        (r, app)
+    });
+    let mut slowest = Duration::ZERO;
+    while !big.is_finished() {
+        let t = Instant::now();
+        other.simple_query("SELECT 1").await.unwrap();
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (r, app) = big.await.unwrap();
+    r.unwrap();
+    let took = started.elapsed();
+    eprintln!("1.4 MB insert judged and run in {took:?}; another session's slowest SELECT 1 meanwhile: {slowest:?}");
+    let d = direct(&db).await;
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM entitlements WHERE sku LIKE 'BIG-%'"
+        )
+        .await,
+        45_000
+    );
+    assert!(
+        slowest < took / 2,
+        "the other session waited {slowest:?} of {took:?}"
+    );
+    // The same shape into the legacy zone: rejected.
+    let legacy = format!("INSERT INTO users (id, email, name) VALUES {}", rows("u"));
+    assert_eq!(sqlstate(app.batch_execute(&legacy).await), "42501");
+}
+
+#[tokio::test]
+async fn a_statement_over_max_statement_bytes_is_rejected_and_says_which_setting() {
+    let db = fresh_db();
+    let g = run(
+        &cluster().addr(),
+        &[("ZONEGUARD__PROXY__MAX_STATEMENT_BYTES", "300000")],
+    );
+    let app = connect_url(&format!("postgresql://app@127.0.0.1:{}/{db}", g.port)).await;
+    let rows = |n: usize, expr: bool| {
+        (0..n)
+            .map(|i| {
+                if expr {
+                    format!("(1, 'E-' || {i}, 'ACTIVE')")
+                } else {
+                    format!("(1, 'L-{i}', 'ACTIVE')")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let with_expressions = format!(
+        "INSERT INTO entitlements (user_id, sku, status) VALUES {}",
+        rows(20_000, true)
+    );
+    assert!(with_expressions.len() > 300_000);
+    let e = app.batch_execute(&with_expressions).await.unwrap_err();
+    let e = e.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "42501");
+    assert!(
+        e.message().contains("too long")
+            || e.detail().unwrap_or("").contains("max_statement_bytes")
+            || e.hint().unwrap_or("").contains("max_statement_bytes"),
+        "{e:?}"
+    );
+    // Literal-only rows are shortened first: never too long.
+    let literal = format!(
+        "INSERT INTO entitlements (user_id, sku, status) VALUES {}",
+        rows(20_000, false)
+    );
+    assert!(literal.len() > 300_000);
+    app.batch_execute(&literal).await.unwrap();
+}

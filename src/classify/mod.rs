@@ -163,14 +163,31 @@ pub enum Deallocate {
 /// Never fails: what cannot be understood is reported as `Special::Unparsed`.
 /// An empty string (or only comments / semicolons) yields no statements.
 pub fn classify(sql: &str) -> Vec<StatementInfo> {
+    classify_limited(sql, usize::MAX)
+}
+
+/// [`classify`], refusing to parse more than `max_parsed` bytes: a syntax
+/// tree takes about 150 times the text's size in memory while it is
+/// judged, so a text too long to parse within the guard's budget is judged
+/// as one that may write (after literal lists are shortened: those are
+/// never too long).
+pub fn classify_limited(sql: &str, max_parsed: usize) -> Vec<StatementInfo> {
     // Big statements: literal lists shortened first (see `bulk`), so the
     // cost stays linear in the length and the parse small.
-    if sql.len() > bulk::THRESHOLD {
-        if let Some(short) = bulk::shorten(sql) {
-            return classify_text(&short);
-        }
+    let short = (sql.len() > bulk::THRESHOLD)
+        .then(|| bulk::shorten(sql))
+        .flatten();
+    let text = short.as_deref().unwrap_or(sql);
+    if text.len() > max_parsed {
+        return vec![unparsed(
+            true,
+            format!(
+                "statement too long to judge ({} bytes, over [proxy] max_statement_bytes = {max_parsed}; literal-only VALUES rows and IN lists are not limited)",
+                text.len()
+            ),
+        )];
     }
-    classify_text(sql)
+    classify_text(text)
 }
 
 /// [`classify`] without shortening big statements' literal lists: what
@@ -202,7 +219,7 @@ fn classify_text(sql: &str) -> Vec<StatementInfo> {
     }
     let mut tokens = tokens;
     tokens::rewrite(&mut tokens);
-    if sql.len() > MAX_STATEMENT_BYTES || tokens::depth_bound(&tokens) > INLINE_DEPTH {
+    if sql.len() > BIG_STATEMENT_BYTES || tokens::depth_bound(&tokens) > INLINE_DEPTH {
         // Large or deep input: judge statement by statement, on a big stack.
         let pieces = tokens::split(tokens);
         return on_big_stack(move || pieces.iter().flat_map(|p| classify_piece(p)).collect());
@@ -218,8 +235,11 @@ fn classify_text(sql: &str) -> Vec<StatementInfo> {
         .collect()
 }
 
-/// Statements longer than this are not parsed.
-const MAX_STATEMENT_BYTES: usize = 1 << 20;
+/// Texts longer than this are classified on a thread with a large stack.
+/// The longest text parsed is the caller's to say ([`classify_limited`]:
+/// the session passes `[proxy] max_statement_bytes`, and classifies long
+/// texts off the async threads, one at a time).
+const BIG_STATEMENT_BYTES: usize = 1 << 20;
 /// Parser nesting limit.
 const RECURSION_LIMIT: usize = 64;
 /// Token runs longer than this (deep left-associative chains) are classified
@@ -227,6 +247,11 @@ const RECURSION_LIMIT: usize = 64;
 const INLINE_DEPTH: usize = 1_000;
 const MAX_DEPTH: usize = 50_000;
 const BIG_STACK_BYTES: usize = 256 << 20;
+
+/// A statement the guard could not read: judged as one that may write.
+pub fn unjudgeable(reason: &str) -> StatementInfo {
+    unparsed(true, reason)
+}
 
 fn unparsed(may_write: bool, reason: impl Into<String>) -> StatementInfo {
     StatementInfo {
@@ -251,9 +276,6 @@ fn parse(
 
 /// Classify one statement's tokens (split at top-level `;`).
 fn classify_piece(piece: &[sqlparser::tokenizer::TokenWithSpan]) -> Vec<StatementInfo> {
-    if tokens::approx_len(piece) > MAX_STATEMENT_BYTES {
-        return vec![unparsed(true, "statement too long to judge")];
-    }
     if tokens::depth_bound(piece) > MAX_DEPTH {
         return vec![unparsed(true, "expression too deep to judge")];
     }

@@ -215,11 +215,6 @@ pub(crate) fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
     out
 }
 
-/// Approximate length of a statement in bytes.
-pub(crate) fn approx_len(tokens: &[TokenWithSpan]) -> usize {
-    tokens.iter().map(|t| t.token.to_string().len()).sum()
-}
-
 /// A bound on how deep the syntax tree can be: the most tokens on one path
 /// of parenthesis levels, counting at each level the tokens since the last
 /// comma, plus every set operator (UNION, INTERSECT, EXCEPT) at that level.

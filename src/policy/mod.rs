@@ -366,6 +366,11 @@ pub struct ProxySettings {
     pub upstream_tls: String,
     /// The CA certificate(s) (PEM) that sign the upstream's certificate.
     pub upstream_ca_file: String,
+    /// The longest SQL text the guard parses (after literal-only VALUES
+    /// rows and IN lists are shortened, which are never too long): a syntax
+    /// tree takes about 130 times the text's size in memory while it is
+    /// judged, one such text at a time. Longer texts are rejected.
+    pub max_statement_bytes: usize,
     /// At SIGTERM, how long sessions get to reach an idle moment outside a
     /// transaction before the rest are closed (57P01).
     pub drain_timeout_secs: u64,
@@ -388,6 +393,7 @@ impl Default for ProxySettings {
             upstream_tls: "prefer".into(),
             upstream_ca_file: String::new(),
             drain_timeout_secs: 30,
+            max_statement_bytes: 4 << 20,
         }
     }
 }

@@ -107,6 +107,15 @@ fn changes_catalog(statements: &[StatementInfo]) -> bool {
 /// How many allowed classifications a session remembers.
 const MEMO: usize = 8;
 
+/// SQL texts longer than this are classified off the async threads (on the
+/// blocking pool, one at a time), so a multi-megabyte statement neither
+/// stalls the other sessions nor, with several at once, multiplies the
+/// memory its syntax tree takes.
+const OFFLOAD_BYTES: usize = 256 << 10;
+
+/// One big classification at a time, guard-wide.
+static BIG_CLASSIFICATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// A change to the session's prepared statements that a statement makes
 /// when it runs, recorded as pending with it.
 #[derive(Debug, Clone)]
@@ -469,7 +478,8 @@ impl ClientSide {
         match frame.tag() {
             b'Q' => {
                 let text = protocol::query_text(frame.body())?;
-                let out = match self.judge_text(text) {
+                let classified = classify_big(text, &self.guard).await;
+                let out = match self.judge_text(text, classified) {
                     Ok(judged) => {
                         self.record(judged.effects);
                         None
@@ -489,7 +499,8 @@ impl ClientSide {
             }
             b'P' => {
                 let msg = protocol::parse_message(frame.body())?;
-                match self.judge_text(msg.query) {
+                let classified = classify_big(msg.query, &self.guard).await;
+                match self.judge_text(msg.query, classified) {
                     Ok(judged) => {
                         // What a PREPARE or DEALLOCATE text does happens at
                         // its Execute (see Bind), not here.
@@ -666,16 +677,24 @@ impl ClientSide {
 
     /// Reads, classifies and judges the SQL text of a Query or Parse (and
     /// times it, for the metrics' histogram).
-    fn judge_text(&mut self, text: &[u8]) -> Result<Judged, Box<Denial>> {
+    fn judge_text(
+        &mut self,
+        text: &[u8],
+        classified: Option<Arc<Vec<StatementInfo>>>,
+    ) -> Result<Judged, Box<Denial>> {
         let started = std::time::Instant::now();
-        let judged = self.judge_text_untimed(text);
+        let judged = self.judge_text_untimed(text, classified);
         self.guard
             .judge_seconds
             .observe(started.elapsed().as_secs_f64());
         judged
     }
 
-    fn judge_text_untimed(&mut self, text: &[u8]) -> Result<Judged, Box<Denial>> {
+    fn judge_text_untimed(
+        &mut self,
+        text: &[u8],
+        classified: Option<Arc<Vec<StatementInfo>>>,
+    ) -> Result<Judged, Box<Denial>> {
         let Ok(sql) = std::str::from_utf8(text) else {
             return Err(Box::new(invalid_utf8()));
         };
@@ -686,7 +705,10 @@ impl ClientSide {
                 return Err(Box::new(ambiguous_mid_batch(why)));
             }
         }
-        let statements = self.guard.cache.classify(sql);
+        let statements = match classified {
+            Some(s) => s,
+            None => self.guard.cache.classify(sql),
+        };
         let effects = self.judge_statements(&statements, &runtime)?;
         for st in statements.iter() {
             if st.command == "DISCARD" || st.command == "RESET" {
@@ -937,4 +959,25 @@ fn scram_binding_expected(body: &[u8]) -> bool {
         return false;
     };
     rest.len() > 4 && rest[4] == b'y'
+}
+
+/// Classifies a text over [`OFFLOAD_BYTES`] on the blocking pool, one such
+/// text at a time guard-wide, parsing at most `[proxy] max_statement_bytes`
+/// (after literal lists are shortened); None for shorter texts (classified
+/// inline, through the cache) and for texts that are not UTF-8 (refused
+/// inline).
+async fn classify_big(text: &[u8], guard: &Guard) -> Option<Arc<Vec<StatementInfo>>> {
+    let max = guard.settings.proxy.max_statement_bytes;
+    if text.len() <= OFFLOAD_BYTES.min(max) {
+        return None;
+    }
+    let sql = std::str::from_utf8(text).ok()?.to_owned();
+    let _permit = BIG_CLASSIFICATIONS.acquire().await.ok()?;
+    match tokio::task::spawn_blocking(move || crate::classify::classify_limited(&sql, max)).await {
+        Ok(statements) => Some(Arc::new(statements)),
+        // The classification panicked: judged as unparsed (fail closed).
+        Err(_) => Some(Arc::new(vec![crate::classify::unjudgeable(
+            "the statement could not be judged",
+        )])),
+    }
 }
