@@ -241,7 +241,10 @@ impl UpstreamTls {
             mode = UpstreamMode::VerifyCa;
         }
         let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &ca {
-            None => Arc::new(NoCheck(provider())),
+            None => Arc::new(Lenient {
+                provider: provider(),
+                chain: None,
+            }),
             Some(path) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in read_certs(path)? {
@@ -259,7 +262,10 @@ impl UpstreamTls {
                 if mode == UpstreamMode::VerifyFull {
                     webpki
                 } else {
-                    Arc::new(ChainOnly(webpki))
+                    Arc::new(Lenient {
+                        provider: provider(),
+                        chain: Some(webpki),
+                    })
                 }
             }
         };
@@ -318,61 +324,17 @@ impl UpstreamTls {
     }
 }
 
-/// `prefer` and `require` without a CA: encrypted, not authenticated (as
-/// libpq). Handshake signatures are still verified.
+/// The checks of `prefer`/`require` without a CA (`chain` None: encrypted,
+/// not authenticated, as libpq) and of `verify-ca` (the chain must lead to
+/// the CA; the name is not checked). Handshake signatures are verified
+/// either way. (`verify-full` uses rustls' WebPkiServerVerifier as it is.)
 #[derive(Debug)]
-struct NoCheck(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
 }
 
-/// `verify-ca`: the chain must lead to the CA; the name is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+impl rustls::client::danger::ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -382,10 +344,10 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 NotValidForName | NotValidForNameContext { .. },
             )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
@@ -399,7 +361,12 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -408,11 +375,18 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -1334,7 +1334,13 @@ fn a_text_over_the_parse_limit_is_not_parsed_and_under_it_is() {
     let sql = format!("SELECT '{}'; DELETE FROM users", "x".repeat(1 << 20));
     let v = zoneguard::classify::classify_limited(&sql, 1 << 20);
     assert_eq!(v.len(), 1);
-    assert!(matches!(&v[0].specials[..], [Special::Unparsed { may_write: true, .. }]));
+    assert!(matches!(
+        &v[0].specials[..],
+        [Special::Unparsed {
+            may_write: true,
+            ..
+        }]
+    ));
     let v = classify(&sql);
     assert_eq!(v.len(), 2);
     assert_eq!(pairs(&v[1]), want(&[("delete", "users")]));
