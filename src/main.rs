@@ -725,6 +725,18 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
     })
     .await??;
     settings.proxy.upstream = cluster.addr();
+    // A throwaway self-signed certificate, so that sslmode=require works
+    // as it does against a hosted database (unless one was given).
+    if settings.tls.cert_file.is_empty() {
+        let key = rcgen::KeyPair::generate()?;
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+        let (c, k) = (dir.path().join("demo.crt"), dir.path().join("demo.key"));
+        std::fs::write(&c, cert.pem())?;
+        std::fs::write(&k, key.serialize_pem())?;
+        settings.tls.cert_file = c.display().to_string();
+        settings.tls.key_file = k.display().to_string();
+    }
     let (listeners, guard) = start(policy, settings, Some(copy.clone())).await?;
     let addr = listeners.tcp.local_addr()?;
     println!();
@@ -736,6 +748,13 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
         cluster.url("postgres", "shop")
     );
     println!("  admin console:      psql postgresql://zgadmin:zgadmin@{addr}/zoneguard");
+    println!("  over TLS:           psql 'postgresql://app@{addr}/shop?sslmode=require' (a throwaway certificate)");
+    if !guard.settings.metrics.listen.is_empty() {
+        println!(
+            "  metrics, health:    http://{}/metrics, /healthz",
+            guard.settings.metrics.listen
+        );
+    }
     if let Some((_, path)) = &listeners.unix {
         let dir = path.parent().unwrap_or(path).display();
         println!(
