@@ -236,6 +236,7 @@ pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how
 /// the running policy stays in force.
 pub async fn reload(guard: &Guard, how: &str, who: &str) -> Result<(), ControlError> {
     guard.audit.reopen().await;
+    guard.state.wake();
     reload_certificates(guard, how, who).await;
     let path = guard.policy_path.as_deref().ok_or(ControlError::NoFile)?;
     let text = std::fs::read_to_string(path).map_err(|source| policy::PolicyError::Io {

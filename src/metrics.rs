@@ -241,15 +241,23 @@ async fn handle(
         .expect("a valid response"))
 }
 
-/// Serves /metrics and /healthz until the process ends.
+/// Serves /metrics and /healthz until the process ends (at most 64
+/// connections at once, each for at most 30 s).
 pub async fn serve(listener: TcpListener, guard: Arc<Guard>) {
+    // Scrapers and health checks are few: more connections at once than
+    // this are closed at once, so a flood cannot take the guard's memory.
+    let slots = Arc::new(tokio::sync::Semaphore::new(64));
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let guard = guard.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| handle(guard.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(socket), service);

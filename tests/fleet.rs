@@ -429,7 +429,9 @@ async fn an_unreachable_state_database_leaves_the_file_default_and_says_so() {
         &zoneguard::state::install_sql("zoneguard_state", None),
     )
     .unwrap();
-    within(Duration::from_secs(10), || async {
+    // RELOAD (as SIGHUP) tries the state database again at once.
+    console.simple_query("RELOAD").await.unwrap();
+    within(Duration::from_secs(3), || async {
         g.guard.state.status().to_string() == "connected"
     })
     .await;

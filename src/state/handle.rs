@@ -80,6 +80,12 @@ impl StateHandle {
         }
     }
 
+    /// Re-read the positions now (or, while unreachable, try to connect
+    /// now): RELOAD and SIGHUP.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     pub fn enabled(&self) -> bool {
         self.settings.enabled
     }

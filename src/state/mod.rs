@@ -402,7 +402,14 @@ pub async fn start(guard: Arc<Guard>) {
             let mut connected = false;
             let result = follow(&guard, &mut connected, &mut first).await;
             *guard.state.client.lock().unwrap() = None;
+            // A server that is down is retried often (it comes back); a
+            // missing schema or role only after an operator acts, so it is
+            // retried slowly, not to fill the server's log with failures.
+            let mut most = Duration::from_secs(5);
             if let Err(e) = result {
+                if e.hint().is_some() {
+                    most = Duration::from_secs(60);
+                }
                 guard.state.set_status(Status::Unreachable(e.explain()));
             }
             if let Some(tx) = first.take() {
@@ -411,8 +418,13 @@ pub async fn start(guard: Arc<Guard>) {
             if connected {
                 backoff = Duration::from_millis(250);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Woken early by the console's RELOAD or SIGHUP (an operator
+            // who has just run install-state need not wait).
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = guard.state.wake.notified() => {}
+            }
+            backoff = (backoff * 2).min(most);
         }
     });
     let _ = tokio::time::timeout(limit, first_rx).await;
