@@ -180,11 +180,14 @@ fn on_off(b: bool) -> String {
 /// quote) off a command.
 fn split_reason(cmd: &str) -> Result<(&str, Option<String>), String> {
     let lower = cmd.to_ascii_lowercase();
-    let Some(at) = lower
-        .match_indices("reason")
-        .map(|(i, _)| i)
-        .find(|&i| i > 0 && cmd[..i].ends_with(char::is_whitespace))
-    else {
+    // The keyword as a whole word: after whitespace, before whitespace or
+    // the quote (a switch may be named reason_..., and a reason may say
+    // "reason" inside its quotes, after the keyword).
+    let Some(at) = lower.match_indices("reason").map(|(i, _)| i).find(|&i| {
+        i > 0
+            && cmd[..i].ends_with(char::is_whitespace)
+            && cmd[i + 6..].starts_with(|c: char| c.is_whitespace() || c == '\'')
+    }) else {
         return Ok((cmd, None));
     };
     let rest = cmd[at + 6..].trim_start();
@@ -671,4 +674,29 @@ fn explain_verdict(guard: &Guard, rest: &str) -> Result<Bytes, String> {
         &rows,
         "EXPLAIN",
     ))
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::split_reason;
+
+    #[test]
+    fn reason_is_a_whole_word_and_a_sql_literal() {
+        assert_eq!(
+            split_reason("SET SWITCH s = off REASON 'it''s down'").unwrap(),
+            ("SET SWITCH s = off ", Some("it's down".to_string()))
+        );
+        assert_eq!(
+            split_reason("SET SWITCH reason_code = off").unwrap(),
+            ("SET SWITCH reason_code = off", None)
+        );
+        assert_eq!(
+            split_reason("set switch s = on reason'the reason'")
+                .unwrap()
+                .1,
+            Some("the reason".to_string())
+        );
+        assert!(split_reason("SET SWITCH s = off REASON 'open").is_err());
+        assert!(split_reason("SET SWITCH s = off REASON 'x' junk").is_err());
+    }
 }
