@@ -27,6 +27,14 @@ pub enum TlsError {
     Config(String),
 }
 
+/// The ALPN protocol name PostgreSQL 17 uses, required for direct TLS
+/// (`sslnegotiation=direct`).
+pub const ALPN: &[u8] = b"postgresql";
+
+/// The first byte of a TLS handshake record: a client that starts TLS at
+/// once instead of sending SSLRequest (PostgreSQL 17's direct negotiation).
+pub const TLS_HANDSHAKE: u8 = 0x16;
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -102,7 +110,7 @@ impl ClientTls {
             path: self.key_file.display().to_string(),
             message: format!("no usable private key: {e}"),
         })?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
@@ -111,6 +119,9 @@ impl ClientTls {
                 path: self.cert_file.display().to_string(),
                 message: format!("certificate and key do not go together: {e}"),
             })?;
+        // PostgreSQL 17's protocol name: a client that offers ALPN must
+        // offer it (one that offers none is served after an SSLRequest).
+        config.alpn_protocols = vec![ALPN.to_vec()];
         self.acceptor
             .store(Some(Arc::new(tokio_rustls::TlsAcceptor::from(Arc::new(
                 config,

@@ -433,3 +433,173 @@ async fn certificates_reload_on_sighup_without_dropping_sessions() {
     assert!(g.audit().iter().any(|r| r["event"] == "tls_reload_refused"));
     assert!(verify(&new_ca));
 }
+
+/// tokio-postgres over rustls, trusting `ca` and offering ALPN
+/// "postgresql" (what PostgreSQL 17 clients send).
+mod pgtls {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+    use tokio_rustls::rustls;
+
+    #[derive(Clone)]
+    pub struct Connector(Arc<rustls::ClientConfig>);
+
+    impl Connector {
+        pub fn new(ca: &std::path::Path) -> Connector {
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+            Connector(Arc::new(config))
+        }
+    }
+
+    pub struct Connect(Arc<rustls::ClientConfig>, String);
+    pub struct Stream<S>(tokio_rustls::client::TlsStream<S>);
+
+    impl<S> MakeTlsConnect<S> for Connector
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        type Stream = Stream<S>;
+        type TlsConnect = Connect;
+        type Error = std::io::Error;
+        fn make_tls_connect(&mut self, domain: &str) -> Result<Connect, std::io::Error> {
+            Ok(Connect(self.0.clone(), domain.to_string()))
+        }
+    }
+
+    impl<S> TlsConnect<S> for Connect
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        type Stream = Stream<S>;
+        type Error = std::io::Error;
+        type Future = Pin<Box<dyn Future<Output = std::io::Result<Stream<S>>> + Send>>;
+        fn connect(self, stream: S) -> Self::Future {
+            Box::pin(async move {
+                let name = rustls_pki_types::ServerName::try_from(self.1)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(self.0)
+                    .connect(name, stream)
+                    .await?;
+                Ok(Stream(tls))
+            })
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for Stream<S> {
+        fn channel_binding(&self) -> ChannelBinding {
+            ChannelBinding::none()
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_connects_with_sslrequest_and_with_direct_tls() {
+    let pki = Pki::new(&["localhost"]);
+    let db = fresh_db();
+    let g = TestGuard::start(&policy("", &client_tls(&pki, "require"))).await;
+    let tls = pgtls::Connector::new(&pki.path("ca.crt"));
+    for direct in [false, true] {
+        let mut config: tokio_postgres::Config = format!(
+            "host=localhost port={} user=app dbname={db} sslmode=require",
+            g.addr.port()
+        )
+        .parse()
+        .unwrap();
+        if direct {
+            config.ssl_negotiation(tokio_postgres::config::SslNegotiation::Direct);
+        }
+        let (client, conn) = config
+            .connect(tls.clone())
+            .await
+            .unwrap_or_else(|e| panic!("direct={direct}: {e}"));
+        tokio::spawn(conn);
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(n > 0);
+        assert_eq!(
+            sqlstate(client.batch_execute("DELETE FROM users").await),
+            "42501",
+            "judged as ever (direct={direct})"
+        );
+    }
+    // Direct TLS from a client that does not name the protocol: refused
+    // (as PostgreSQL 17 refuses it), not taken for a database client.
+    let mut raw = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(pki.path("ca.crt")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let plain = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(plain))
+        .connect(name, &mut raw)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s
+        .write_all(&zoneguard::protocol::startup_message(&[
+            ("user", "app"),
+            ("database", &db),
+        ]))
+        .await;
+    let mut buf = [0u8; 1];
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+}

@@ -148,6 +148,29 @@ async fn startup_phase(
     guard: &Guard,
     client: &mut Option<net::Stream>,
 ) -> Result<Option<Startup>, ProtocolError> {
+    // Direct TLS (PostgreSQL 17's sslnegotiation=direct): the client starts
+    // the handshake at once; it must then name the protocol by ALPN, as
+    // PostgreSQL requires, so a TLS client of some other protocol is not
+    // taken for a database client.
+    if let (Some(net::Stream::Tcp(tcp)), Some(acceptor)) = (client.as_ref(), guard.tls.acceptor()) {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 1 && first[0] == crate::tls::TLS_HANDSHAKE {
+            let plain = client.take().expect("matched above");
+            match acceptor.accept(plain).await {
+                Ok(tls) if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN) => {
+                    *client = Some(net::Stream::TlsServer(Box::new(tls)));
+                }
+                Ok(_) => {
+                    tracing::info!("direct TLS without ALPN \"postgresql\" refused");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "TLS handshake with a client failed");
+                    return Ok(None);
+                }
+            }
+        }
+    }
     loop {
         let Some(stream) = client.as_mut() else {
             return Ok(None);
