@@ -450,21 +450,28 @@ mod pgtls {
 
     impl Connector {
         pub fn new(ca: &std::path::Path) -> Connector {
-            use rustls_pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-                roots.add(c.unwrap()).unwrap();
-            }
-            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-            config.alpn_protocols = vec![b"postgresql".to_vec()];
-            Connector(Arc::new(config))
+            Connector(Arc::new(client_config(ca, true)))
         }
+    }
+
+    /// A rustls client trusting `ca`, offering ALPN "postgresql" or none.
+    pub fn client_config(ca: &std::path::Path, alpn: bool) -> rustls::ClientConfig {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        if alpn {
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+        }
+        config
     }
 
     pub struct Connect(Arc<rustls::ClientConfig>, String);
@@ -573,20 +580,7 @@ async fn tokio_postgres_connects_with_sslrequest_and_with_direct_tls() {
     // Direct TLS from a client that does not name the protocol: refused
     // (as PostgreSQL 17 refuses it), not taken for a database client.
     let mut raw = tokio::net::TcpStream::connect(g.addr).await.unwrap();
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    {
-        use rustls_pki_types::pem::PemObject;
-        for c in rustls_pki_types::CertificateDer::pem_file_iter(pki.path("ca.crt")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-    }
-    let plain = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let plain = pgtls::client_config(&pki.path("ca.crt"), false);
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(plain))
         .connect(name, &mut raw)
