@@ -49,6 +49,15 @@ async fn the_audit_log_survives_rotation() {
     let all = g.audit();
     assert_eq!(all.len(), 1, "{all:?}");
     assert!(all[0]["statement"].as_str().unwrap().contains("id = 5"));
+
+    // Its whole directory deleted: made again, and the record is there
+    // (not in an unlinked file).
+    let dir = g.audit_path.parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(sqlstate(app.batch_execute(&reject(6)).await), "42501");
+    let all = g.audit();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0]["statement"].as_str().unwrap().contains("id = 6"));
 }
 
 #[tokio::test]
