@@ -200,13 +200,13 @@ fn swap(guard: &Guard, new: Runtime) {
 }
 
 /// Applies the state database's positions that are newer than those in
-/// force (`crate::state::newer`); returns whether anything changed.
-pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how: &str) -> bool {
+/// force (`crate::state::newer`).
+pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how: &str) {
     let _serial = guard.control_lock.lock().await;
     let old = guard.runtime.load_full();
     let newer = crate::state::newer(&old.flipped, &old.policy, rows);
     if newer.is_empty() {
-        return false;
+        return;
     }
     let mut flipped = old.flipped.clone();
     flipped.extend(newer.iter().cloned());
@@ -229,7 +229,6 @@ pub async fn apply_positions(guard: &Guard, rows: &[crate::state::Position], how
         record_move(guard, &moved, how, who, reason, new.generation).await;
     }
     swap(guard, new);
-    true
 }
 /// Reloads the policy file (and reopens the audit log, and reads the TLS
 /// certificates again). An invalid file is refused, logged and audited;

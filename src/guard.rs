@@ -120,17 +120,8 @@ impl Guard {
         policy_path: Option<PathBuf>,
     ) -> std::io::Result<Arc<Guard>> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        let endpoint = crate::net::Endpoint::parse(&settings.proxy.upstream).map_err(invalid)?;
-        let upstream_tls = crate::tls::UpstreamTls::new(
-            &settings.proxy.upstream_tls,
-            &settings.proxy.upstream_ca_file,
-            &endpoint,
-        )
-        .map_err(|e| invalid(e.to_string()))?;
-        let upstream = crate::upstream::Upstream {
-            endpoint,
-            tls: Arc::new(upstream_tls),
-        };
+        let upstream =
+            crate::upstream::Upstream::from_settings(&settings.proxy).map_err(invalid)?;
         let tls = crate::tls::ClientTls::new(&settings.tls).map_err(|e| invalid(e.to_string()))?;
         let audit =
             AuditLog::open(&settings.audit.file, settings.audit.max_statement_chars).await?;

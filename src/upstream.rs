@@ -41,6 +41,19 @@ impl std::fmt::Display for Upstream {
 }
 
 impl Upstream {
+    /// `[proxy] upstream`, `upstream_tls` and `upstream_ca_file`, checked.
+    pub fn from_settings(proxy: &crate::policy::ProxySettings) -> Result<Upstream, String> {
+        let endpoint =
+            Endpoint::parse(&proxy.upstream).map_err(|e| format!("[proxy] upstream: {e}"))?;
+        let tls =
+            crate::tls::UpstreamTls::new(&proxy.upstream_tls, &proxy.upstream_ca_file, &endpoint)
+                .map_err(|e| e.to_string())?;
+        Ok(Upstream {
+            endpoint,
+            tls: std::sync::Arc::new(tls),
+        })
+    }
+
     /// Without TLS (tests and tools).
     pub fn plain(endpoint: Endpoint) -> Upstream {
         Upstream {

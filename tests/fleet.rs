@@ -70,8 +70,8 @@ async fn three_instances_follow_a_flip_within_a_second_under_load() {
     let state = state_db();
     let db = fresh_db();
     let gs = fleet(3, &state).await;
-    let consoles: Vec<Client> = futures_join(gs.iter().map(admin)).await;
-    let probes: Vec<Client> = futures_join(gs.iter().map(|g| g.connect("app", &db))).await;
+    let consoles: Vec<Client> = one_after_another(gs.iter().map(admin)).await;
+    let probes: Vec<Client> = one_after_another(gs.iter().map(|g| g.connect("app", &db))).await;
 
     // Checkout-like load on every instance: the seed's checkout, which
     // reads the switch and takes the matching path, and writers that try
@@ -268,7 +268,7 @@ async fn three_instances_follow_a_flip_within_a_second_under_load() {
     eprintln!("an un-notified change reached all 3 instances in {t:?} (refresh_ms = 1000)");
 }
 
-async fn futures_join<F: std::future::Future<Output = Client>>(
+async fn one_after_another<F: std::future::Future<Output = Client>>(
     fs: impl Iterator<Item = F>,
 ) -> Vec<Client> {
     let mut out = Vec::new();
@@ -285,7 +285,7 @@ async fn two_admins_flipping_at_the_same_instant_never_fail_and_all_agree() {
     let gs = fleet(3, &state).await;
     let a = Arc::new(admin(&gs[0]).await);
     let b = Arc::new(admin(&gs[1]).await);
-    let probes: Vec<Client> = futures_join(gs.iter().map(|g| g.connect("app", &db))).await;
+    let probes: Vec<Client> = one_after_another(gs.iter().map(|g| g.connect("app", &db))).await;
     let d = direct(&state).await;
     let rounds = 20;
     for round in 0..rounds {

@@ -38,14 +38,15 @@ async fn generated_grants_make_postgres_enforce_the_policy() {
     )
     .unwrap();
     let url = c.url("postgres", &db);
-    let (code, out, err) = zoneguard(&[
+    let verify = [
         "grants",
         "--verify",
         "--role",
         "app_direct",
         "--database-url",
         &url,
-    ]);
+    ];
+    let (code, out, err) = zoneguard(&verify);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         out.contains("app_direct holds UPDATE on \"public\".\"users\""),
@@ -66,14 +67,7 @@ async fn generated_grants_make_postgres_enforce_the_policy() {
     assert!(sql.contains("-- switch enable_new_commerce = off"), "{sql}");
     c.psql(&db, &sql).unwrap();
 
-    let (code, out, err) = zoneguard(&[
-        "grants",
-        "--verify",
-        "--role",
-        "app_direct",
-        "--database-url",
-        &url,
-    ]);
+    let (code, out, err) = zoneguard(&verify);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("ok:"), "{out}");
 

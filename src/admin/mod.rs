@@ -265,16 +265,7 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
             ))
         }
         ["set", "switch", name, pos] | ["set", "switch", name, "to", pos] => {
-            let on = match *pos {
-                "on" | "true" | "1" | "yes" => Some(true),
-                "off" | "false" | "0" | "no" => Some(false),
-                "default" => None,
-                other => {
-                    return Err(format!(
-                        "switch position must be on, off or default, not {other:?}"
-                    ))
-                }
-            };
+            let on = crate::state::parse_position(pos)?;
             control::set_switch(
                 guard,
                 name,
@@ -349,7 +340,7 @@ async fn command(guard: &Guard, admin: &str, cmd: &str) -> Result<Bytes, String>
             let list = crate::state::flips(&client, 50)
                 .await
                 .map_err(|e| e.explain())?;
-            let pos = |p: Option<bool>| p.map_or("default".to_string(), on_off);
+            let pos = |p: Option<bool>| crate::state::position_word(p).to_string();
             let rows: Vec<Vec<String>> = list
                 .into_iter()
                 .map(|f| {

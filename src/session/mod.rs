@@ -156,19 +156,7 @@ async fn startup_phase(
         let mut first = [0u8; 1];
         if tcp.peek(&mut first).await? == 1 && first[0] == crate::tls::TLS_HANDSHAKE {
             let plain = client.take().expect("matched above");
-            match acceptor.accept(plain).await {
-                Ok(tls) if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN) => {
-                    *client = Some(net::Stream::TlsServer(Box::new(tls)));
-                }
-                Ok(_) => {
-                    tracing::info!("direct TLS without ALPN \"postgresql\" refused");
-                    return Ok(None);
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "TLS handshake with a client failed");
-                    return Ok(None);
-                }
-            }
+            *client = handshake(&acceptor, plain, true).await;
         }
     }
     loop {
@@ -184,13 +172,7 @@ async fn startup_phase(
                     // read: the handshake starts at the next byte, so no
                     // plain text can be slipped in ahead of it.
                     let plain = client.take().expect("checked above");
-                    match acceptor.accept(plain).await {
-                        Ok(tls) => *client = Some(net::Stream::TlsServer(Box::new(tls))),
-                        Err(e) => {
-                            tracing::info!(error = %e, "TLS handshake with a client failed");
-                            return Ok(None);
-                        }
-                    }
+                    *client = handshake(&acceptor, plain, false).await;
                 }
                 Some(_) => {
                     return Err(ProtocolError::Malformed(
@@ -211,6 +193,27 @@ async fn startup_phase(
                 return Ok(None);
             }
             Some(FirstPacket::Startup(s)) => return Ok(Some(s)),
+        }
+    }
+}
+
+/// A client's TLS handshake: its stream, or None (logged) when the handshake
+/// fails or, for direct TLS (`need_alpn`), the client did not name the
+/// protocol by ALPN.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    plain: net::Stream,
+    need_alpn: bool,
+) -> Option<net::Stream> {
+    match acceptor.accept(plain).await {
+        Ok(tls) if need_alpn && tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN) => {
+            tracing::info!("direct TLS without ALPN \"postgresql\" refused");
+            None
+        }
+        Ok(tls) => Some(net::Stream::TlsServer(Box::new(tls))),
+        Err(e) => {
+            tracing::info!(error = %e, "TLS handshake with a client failed");
+            None
         }
     }
 }

@@ -114,17 +114,8 @@ pub async fn switch(
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Client> {
-    let endpoint = crate::net::Endpoint::parse(&settings.proxy.upstream)
-        .map_err(|e| anyhow::anyhow!("[proxy] upstream: {e}"))?;
-    let tls = crate::tls::UpstreamTls::new(
-        &settings.proxy.upstream_tls,
-        &settings.proxy.upstream_ca_file,
-        &endpoint,
-    )?;
-    let upstream = crate::upstream::Upstream {
-        endpoint,
-        tls: std::sync::Arc::new(tls),
-    };
+    let upstream =
+        crate::upstream::Upstream::from_settings(&settings.proxy).map_err(anyhow::Error::msg)?;
     let s = &settings.state;
     let login = crate::upstream::Login {
         user: &s.user,
@@ -153,12 +144,7 @@ async fn set(
     position: &str,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
-    let on = match position.to_ascii_lowercase().as_str() {
-        "on" | "true" | "1" | "yes" => Some(true),
-        "off" | "false" | "0" | "no" => Some(false),
-        "default" => None,
-        other => anyhow::bail!("position must be on, off or default, not {other:?}"),
-    };
+    let on = super::parse_position(position).map_err(anyhow::Error::msg)?;
     let mut known: Vec<String> = super::positions(client)
         .await
         .map_err(|e| anyhow::anyhow!(e.explain()))?
@@ -181,11 +167,7 @@ async fn set(
     let flip = super::flip(client, name, on, &who, reason, None)
         .await
         .map_err(|e| anyhow::anyhow!(e.explain()))?;
-    let show = |p: Option<bool>| match p {
-        Some(true) => "on",
-        Some(false) => "off",
-        None => "default",
-    };
+    let show = super::position_word;
     println!(
         "{name}: {} -> {} (generation {}); every instance follows within a second",
         show(flip.from),
@@ -197,11 +179,7 @@ async fn set(
 
 async fn show(client: &Client) -> anyhow::Result<()> {
     let e = |e: super::StateError| anyhow::anyhow!(e.explain());
-    let show = |p: Option<bool>| match p {
-        Some(true) => "on",
-        Some(false) => "off",
-        None => "default",
-    };
+    let show = super::position_word;
     println!("switches:");
     for p in super::positions(client).await.map_err(e)? {
         println!(

@@ -94,6 +94,29 @@ pub async fn client(guard: &Guard) -> Result<Arc<Client>, StateError> {
         .await
 }
 
+/// A flip's target as the console and the CLI spell it: on, off (and
+/// PostgreSQL's other boolean spellings), or default (None). Err: the
+/// message for anything else.
+pub fn parse_position(word: &str) -> Result<Option<bool>, String> {
+    match word.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(Some(true)),
+        "off" | "false" | "0" | "no" => Ok(Some(false)),
+        "default" => Ok(None),
+        other => Err(format!(
+            "switch position must be on, off or default, not {other:?}"
+        )),
+    }
+}
+
+/// A flipped position as shown: on, off, or default (None).
+pub fn position_word(on: Option<bool>) -> &'static str {
+    match on {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "default",
+    }
+}
+
 /// A switch's row in the state database.
 #[derive(Debug, Clone)]
 pub struct Position {
@@ -375,12 +398,12 @@ async fn heartbeat(client: &Client, guard: &Guard) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Reads every position and applies what is newer; returns whether
-/// anything changed.
-async fn refresh(client: &Client, guard: &Guard) -> Result<bool, StateError> {
+/// Reads every position and applies what is newer.
+async fn refresh(client: &Client, guard: &Guard) -> Result<(), StateError> {
     let rows = positions(client).await?;
     guard.state.confirmed();
-    Ok(crate::control::apply_positions(guard, &rows, "state").await)
+    crate::control::apply_positions(guard, &rows, "state").await;
+    Ok(())
 }
 
 /// Keeps this instance's positions in step with the state database: one
