@@ -121,7 +121,8 @@ allow = ["read"]
         ("INSERT VALUES, 5,000 rows".into(), insert(5_000)),
         ("INSERT VALUES, 50,000 rows".into(), insert(50_000)),
         ("INSERT VALUES, 250,000 rows".into(), insert(250_000)),
-        // No fast path: every row holds an expression, judged in full.
+        // Every row holds an expression, all of one shape: one row of
+        // it is judged.
         (
             "INSERT VALUES with expressions, 50,000 rows".into(),
             insert(50_000).replace("'SKU-", "'X' || 'SKU-"),
@@ -129,6 +130,14 @@ allow = ["read"]
         (
             "INSERT VALUES with expressions, 200,000 rows".into(),
             insert(200_000).replace("'SKU-", "'X' || 'SKU-"),
+        ),
+        // No fast path: every row calls a function with its own argument
+        // (a call's arguments are part of a row's shape), judged in full.
+        (
+            "INSERT VALUES, a different call per row, 50,000 rows".into(),
+            insert(50_000)
+                .replace("'SKU-", "lower('SKU-")
+                .replace("', 'ACTIVE')", "'), 'ACTIVE')"),
         ),
     ];
     println!();

@@ -228,9 +228,11 @@ async fn three_instances_follow_a_flip_within_a_second_under_load() {
 
     // The notification connection of g3 killed: it still converges, by
     // reconnecting and by the periodic re-read.
+    // Other tests in this binary run instances named g3 too, each on a
+    // state database of its own: only this test's.
     let killed = count(
         &d,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'zoneguard state g3'",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'zoneguard state g3' AND datname = current_database()",
     )
     .await;
     assert_eq!(killed, 1);

@@ -1,16 +1,26 @@
-//! Big statements in linear time: the long literal lists applications send
+//! Big statements in linear time: the long lists applications send
 //! (`INSERT ... VALUES (...), (...), ...` of bulk inserts, `IN (1, 2, ...)`
-//! lists) are shortened to their first row or item before parsing.
+//! lists, `ARRAY[...]` parameters rendered inline) are shortened before
+//! parsing to one row or item of each shape.
 //!
-//! Invariant: only rows and items made of literals alone are removed
+//! Invariant: an element is removed only if it is made of literals alone
 //! (numbers, strings, NULL/TRUE/FALSE/DEFAULT, parameters, with signs and
-//! casts to plain type names). Such an item names no relation and calls no
-//! function, and the classifier never reads values, so the shortened text
-//! classifies exactly as the whole (a property test compares them). Any
-//! other construct in a list (a function call, a subquery, a comment, a
-//! type with a modifier) ends the shortening there, and the rest is kept
-//! and judged in full. Finding the lists uses the exact lexer of `reading`,
-//! so nothing inside a string, quoted name or comment is mistaken for one.
+//! casts to plain type names), or if an element kept before it has the
+//! same *shape*: the same text once every literal that is a value (not
+//! under a call's or a subquery's parentheses) is replaced by a marker of
+//! its kind and whitespace runs are made one. The classifier reads
+//! literals only as a function's arguments (`nextval('t')`,
+//! `set_config(...)`, regclass arguments), and those are part of the shape
+//! as written, as are every name, keyword, operator and cast; so a removed
+//! element adds nothing to what the kept ones contribute, and the
+//! shortened text classifies exactly as the whole (a property test
+//! compares them on generated statements). What the shape reading does
+//! not follow (a comment, a `U&` string, a number with junk after it)
+//! ends the list's shortening there, and the rest is judged in full.
+//! Finding the lists uses the exact lexer of `reading`, so nothing inside
+//! a string, quoted name or comment is mistaken for one.
+
+use std::collections::HashSet;
 
 use super::reading;
 
@@ -18,17 +28,19 @@ use super::reading;
 /// are cheap to parse, and cached).
 pub const THRESHOLD: usize = 4096;
 
-/// The text with every literal-only list after the first row (VALUES) or
-/// item (IN) removed; None if nothing was removed or the text does not lex.
+/// The text with the removable elements of its long lists removed (see the
+/// module's invariant); None if nothing was removed or the text does not lex.
 pub fn shorten(sql: &str) -> Option<String> {
     let s = sql.as_bytes();
-    let mut anchors: Vec<(usize, bool)> = Vec::new();
+    let mut anchors: Vec<(usize, Anchor)> = Vec::new();
     let lexed = reading::lex(s, &mut |a, b| {
         let w = &s[a..b];
         if w.eq_ignore_ascii_case(b"values") {
-            anchors.push((b, true));
+            anchors.push((b, Anchor::Values));
         } else if w.eq_ignore_ascii_case(b"in") {
-            anchors.push((b, false));
+            anchors.push((b, Anchor::In));
+        } else if w.eq_ignore_ascii_case(b"array") {
+            anchors.push((b, Anchor::Array));
         }
     });
     if !matches!(lexed, reading::Lexed::Complete { .. }) {
@@ -36,48 +48,40 @@ pub fn shorten(sql: &str) -> Option<String> {
     }
     let mut cuts: Vec<(usize, usize)> = Vec::new();
     let mut done = 0;
-    for (after, values) in anchors {
+    for (after, anchor) in anchors {
         if after < done {
             continue;
         }
         let open = ws(s, after);
-        if s.get(open) != Some(&b'(') {
+        let (opener, list) = match anchor {
+            Anchor::Values => (b'(', List::Rows),
+            Anchor::In => (b'(', List::Items(b')')),
+            Anchor::Array => (b'[', List::Items(b']')),
+        };
+        if s.get(open) != Some(&opener) {
             continue;
         }
-        if values {
-            // (row), (row), ...: keep the first, cut the literal ones after.
-            let Some(first) = row(s, open) else { continue };
-            let mut end = first;
-            loop {
-                let comma = ws(s, end);
-                if s.get(comma) != Some(&b',') {
-                    break;
-                }
-                match row(s, ws(s, comma + 1)) {
-                    Some(e) => end = e,
-                    None => break,
-                }
+        if let List::Items(_) = list {
+            // `IN (SELECT ...)`, `IN (VALUES ...)`: a query, not a list.
+            let first = ws(s, open + 1);
+            let mut k = first;
+            while s.get(k).is_some_and(|b| ident_char(*b)) {
+                k += 1;
             }
-            if end > first {
-                cuts.push((first, end));
-                done = end;
-            }
-        } else {
-            // IN (item, item, ...): keep the first item.
-            let Some(first) = item(s, open + 1) else {
+            let w = &s[first..k];
+            if [&b"select"[..], b"with", b"values", b"table"]
+                .iter()
+                .any(|q| w.eq_ignore_ascii_case(q))
+            {
                 continue;
-            };
-            let mut end = first;
-            while s.get(end) == Some(&b',') {
-                match item(s, end + 1) {
-                    Some(e) => end = e,
-                    None => break,
-                }
             }
-            if end > first && s.get(end) == Some(&b')') {
-                cuts.push((first, end));
-                done = end;
-            }
+        }
+        let first = match list {
+            List::Rows => open,
+            List::Items(_) => open + 1,
+        };
+        if let Some(end) = shorten_list(s, first, list, &mut cuts) {
+            done = end;
         }
     }
     if cuts.is_empty() {
@@ -91,6 +95,281 @@ pub fn shorten(sql: &str) -> Option<String> {
     }
     out.push_str(&sql[at..]);
     Some(out)
+}
+
+#[derive(Clone, Copy)]
+enum Anchor {
+    Values,
+    In,
+    Array,
+}
+
+/// A list's elements: `(row), (row), ...` after VALUES, or `item, item,
+/// ...` up to the closing byte (`)` of IN, `]` of ARRAY).
+#[derive(Clone, Copy, PartialEq)]
+enum List {
+    Rows,
+    Items(u8),
+}
+
+/// Walks the list whose first element starts at `first`, adding to `cuts`
+/// every `, element` that is literal-only or has the shape of an element
+/// kept before it; the first element is always kept. Returns where the
+/// walk ended (None if the first element could not be read).
+fn shorten_list(
+    s: &[u8],
+    first: usize,
+    list: List,
+    cuts: &mut Vec<(usize, usize)>,
+) -> Option<usize> {
+    let mut kept: HashSet<Vec<u8>> = HashSet::new();
+    let mut shape_buf = Vec::new();
+    let (mut end, _) = element(s, first, list, &mut shape_buf, &mut kept)?;
+    loop {
+        let comma = ws(s, end);
+        if s.get(comma) != Some(&b',') {
+            break;
+        }
+        let start = match list {
+            List::Rows => ws(s, comma + 1),
+            List::Items(_) => comma + 1,
+        };
+        let Some((e, removable)) = element(s, start, list, &mut shape_buf, &mut kept) else {
+            break;
+        };
+        if removable {
+            cuts.push((comma, e));
+        }
+        end = e;
+    }
+    Some(end)
+}
+
+/// One element starting at `i`: its end (after a row's `)`; at the `,` or
+/// closing byte after an item) and whether it may be removed: it is
+/// literal-only, or its shape is one kept before (else its shape is kept
+/// now). None if the element cannot be read (a comment, say): the list's
+/// shortening ends there.
+fn element(
+    s: &[u8],
+    i: usize,
+    list: List,
+    buf: &mut Vec<u8>,
+    kept: &mut HashSet<Vec<u8>>,
+) -> Option<(usize, bool)> {
+    let literal = match list {
+        List::Rows => row(s, i),
+        List::Items(close) => item(s, i).filter(|&e| s[e] == b',' || s[e] == close),
+    };
+    if let Some(e) = literal {
+        return Some((e, true));
+    }
+    buf.clear();
+    let e = shape(s, i, list, buf)?;
+    if kept.contains(buf.as_slice()) {
+        return Some((e, true));
+    }
+    kept.insert(buf.clone());
+    Some((e, false))
+}
+
+/// The shape of the element starting at `i`, into `out`: its text with
+/// whitespace runs made one space and every literal that is a value
+/// (outside any call's or subquery's parentheses) replaced by a marker of
+/// its kind. Two elements of one shape differ only in such values, which
+/// the classifier never reads: it reads literals only as a function's
+/// arguments (`nextval('t')`, `set_config(...)`), and those are kept as
+/// written. Returns the element's end, as [`element`]; None for anything
+/// this reading does not follow (comments, `U&` strings, a `;`, control
+/// bytes, unbalanced brackets).
+fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize> {
+    // One entry per open bracket: whether literals inside it are kept as
+    // written (a call's arguments, a subquery, anything under them).
+    let mut verbatim: Vec<bool> = Vec::new();
+    let mut after_word = false;
+    i = ws(s, i);
+    if list == List::Rows {
+        if s.get(i) != Some(&b'(') {
+            return None;
+        }
+        out.push(b'(');
+        verbatim.push(false);
+        i += 1;
+    }
+    loop {
+        let c = *s.get(i)?;
+        let inside = verbatim.last().copied().unwrap_or(false);
+        let mut word = false;
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0c => {
+                i = ws(s, i);
+                out.push(b' ');
+                continue;
+            }
+            b'-' if s.get(i + 1) == Some(&b'-') => return None,
+            b'/' if s.get(i + 1) == Some(&b'*') => return None,
+            b';' => return None,
+            0..=0x1f | 0x7f => return None,
+            b'(' | b'[' => {
+                let next = ws(s, i + 1);
+                let query = s
+                    .get(next)
+                    .is_some_and(|b| ident_char(*b) && !b.is_ascii_digit());
+                verbatim.push(inside || (c == b'(' && (after_word || query)));
+                out.push(c);
+                i += 1;
+            }
+            b')' | b']' => {
+                if verbatim.is_empty() {
+                    // An item's end: the list's closing byte.
+                    trim(out);
+                    return (list == List::Items(c)).then_some(i);
+                }
+                verbatim.pop();
+                out.push(c);
+                i += 1;
+                if verbatim.is_empty() && list == List::Rows {
+                    return (c == b')').then_some(i);
+                }
+            }
+            b',' if verbatim.is_empty() => {
+                trim(out);
+                return Some(i);
+            }
+            b'\'' => {
+                let mut backslash = false;
+                let e = reading::quoted(s, i + 1, false, &mut backslash)?;
+                literal(out, &s[i..e], b'S', inside);
+                i = e;
+            }
+            b'"' => {
+                let mut k = i + 1;
+                loop {
+                    match s.get(k)? {
+                        b'"' if s.get(k + 1) == Some(&b'"') => k += 2,
+                        b'"' => break,
+                        _ => k += 1,
+                    }
+                }
+                out.extend_from_slice(&s[i..=k]);
+                i = k + 1;
+                word = true;
+            }
+            b'$' => {
+                if let Some(tag_end) = reading::dollar_tag(s, i) {
+                    let tag = &s[i..tag_end];
+                    let p = s[tag_end..].windows(tag.len()).position(|w| w == tag)?;
+                    let e = tag_end + p + tag.len();
+                    literal(out, &s[i..e], b'S', inside);
+                    i = e;
+                } else {
+                    let mut k = i + 1;
+                    while s.get(k).is_some_and(u8::is_ascii_digit) {
+                        k += 1;
+                    }
+                    if k == i + 1 || s.get(k).is_some_and(|b| ident_char(*b) || *b >= 0x80) {
+                        return None;
+                    }
+                    literal(out, &s[i..k], b'P', inside);
+                    i = k;
+                }
+            }
+            b'0'..=b'9' | b'.' if c != b'.' || s.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let k = number(s, i)?;
+                literal(out, &s[i..k], b'N', inside);
+                i = k;
+            }
+            _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                let mut k = i;
+                while s
+                    .get(k)
+                    .is_some_and(|b| ident_char(*b) || *b == b'$' || *b >= 0x80)
+                {
+                    k += 1;
+                }
+                let w = &s[i..k];
+                match (w, s.get(k)) {
+                    // E'...', B'...', X'...', N'...': one literal.
+                    ([b'e' | b'E'], Some(b'\'')) => {
+                        let mut backslash = false;
+                        let e = reading::quoted(s, k + 1, true, &mut backslash)?;
+                        literal(out, &s[i..e], b'S', inside);
+                        i = e;
+                    }
+                    ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
+                        let mut backslash = false;
+                        let e = reading::quoted(s, k + 1, false, &mut backslash)?;
+                        literal(out, &s[i..e], b'S', inside);
+                        i = e;
+                    }
+                    ([b'u' | b'U'], Some(b'&')) => return None,
+                    _ => {
+                        out.extend_from_slice(w);
+                        i = k;
+                        word = true;
+                    }
+                }
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+        after_word = word;
+    }
+}
+
+fn trim(out: &mut Vec<u8>) {
+    if out.last() == Some(&b' ') {
+        out.pop();
+    }
+}
+
+/// The end of a numeric literal starting at `i`, read strictly (digits
+/// with `_` separators, a fraction, an exponent; `0x`, `0o`, `0b`
+/// integers); None if anything else touches it (`1abc` is an error since
+/// PostgreSQL 15 and a number then a word before it: not followed here).
+fn number(s: &[u8], i: usize) -> Option<usize> {
+    let digits = |mut k: usize, ok: fn(&u8) -> bool| {
+        while s.get(k).is_some_and(|b| ok(b) || *b == b'_') {
+            k += 1;
+        }
+        k
+    };
+    let mut k;
+    if s[i] == b'0' && matches!(s.get(i + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')) {
+        k = digits(i + 2, u8::is_ascii_hexdigit);
+    } else {
+        k = digits(i, u8::is_ascii_digit);
+        if s.get(k) == Some(&b'.') && s.get(k + 1) != Some(&b'.') {
+            k = digits(k + 1, u8::is_ascii_digit);
+        }
+        if matches!(s.get(k), Some(b'e' | b'E')) {
+            let mut e = k + 1;
+            if matches!(s.get(e), Some(b'+' | b'-')) {
+                e += 1;
+            }
+            if s.get(e).is_some_and(u8::is_ascii_digit) {
+                k = digits(e, u8::is_ascii_digit);
+            }
+        }
+    }
+    let touching = s
+        .get(k)
+        .is_some_and(|b| ident_char(*b) || *b >= 0x80 || matches!(b, b'.' | b'\'' | b'$'));
+    (!touching).then_some(k)
+}
+
+/// A literal into a shape: as written under a call or subquery, else its
+/// kind's marker (a control byte, which cannot stand in SQL text outside
+/// a literal: [`shape`] refuses elements holding one).
+fn literal(out: &mut Vec<u8>, text: &[u8], kind: u8, verbatim: bool) {
+    if verbatim {
+        out.extend_from_slice(text);
+    } else {
+        out.push(0x01);
+        out.push(kind);
+    }
 }
 
 /// Skips spaces, tabs and newlines (not comments: a comment ends a list's
@@ -201,7 +480,7 @@ fn item(s: &[u8], i: usize) -> Option<usize> {
         }
     }
     let j = ws(s, j);
-    matches!(s.get(j), Some(b',' | b')')).then_some(j)
+    matches!(s.get(j), Some(b',' | b')' | b']')).then_some(j)
 }
 
 #[cfg(test)]
@@ -219,20 +498,83 @@ mod tests {
             s("SELECT * FROM t WHERE id IN (1, 2, 3) AND x NOT IN ('a','b')").as_deref(),
             Some("SELECT * FROM t WHERE id IN (1) AND x NOT IN ('a')")
         );
-        // A non-literal row ends the shortening; the rest is kept.
+        // Rows of other shapes are kept, once per shape.
         assert_eq!(
-            s("INSERT INTO t VALUES (1), (2), ((SELECT 1 FROM users)), (3), (4)").as_deref(),
-            Some("INSERT INTO t VALUES (1), ((SELECT 1 FROM users)), (3), (4)")
+            s("INSERT INTO t VALUES (1), (2), ((SELECT 1 FROM users)), (3), ((SELECT 1 FROM users))").as_deref(),
+            Some("INSERT INTO t VALUES (1), ((SELECT 1 FROM users))")
         );
         assert_eq!(s("SELECT 1 WHERE a IN (SELECT id FROM users)"), None);
-        assert_eq!(s("INSERT INTO t VALUES (f(1)), (2)"), None);
+        assert_eq!(s("SELECT 1 WHERE a IN (select 1, 2, 2)"), None);
+        assert_eq!(
+            s("INSERT INTO t VALUES (f(1)), (2)").as_deref(),
+            Some("INSERT INTO t VALUES (f(1))")
+        );
         assert_eq!(s("INSERT INTO t VALUES (1 /* c */), (2)"), None);
-        assert_eq!(s("INSERT INTO t VALUES (1::numeric(5,2)), (2)"), None);
+        assert_eq!(
+            s("INSERT INTO t VALUES (1::numeric(5,2)), (2::numeric(5,2))").as_deref(),
+            Some("INSERT INTO t VALUES (1::numeric(5,2))")
+        );
         // Inside strings and comments nothing is a list.
         assert_eq!(s("SELECT 'VALUES (1), (2)' -- IN (1, 2)\n"), None);
         assert_eq!(
             s("INSERT INTO t VALUES ('2024-01-01'::timestamp with time zone), ('2025-01-01'::timestamp with time zone)").as_deref(),
             Some("INSERT INTO t VALUES ('2024-01-01'::timestamp with time zone)")
         );
+    }
+
+    #[test]
+    fn shapes_abstract_values_only() {
+        let s = |t: &str| shorten(t);
+        // Values differ, calls and names do not: one row of each shape.
+        assert_eq!(
+            s("INSERT INTO t VALUES (1, 'a' || 'b', now()), (2, 'c' ||  'd', now()), (3, 'e' || 'f', clock_timestamp()), (4, E'g' || 'h', now())").as_deref(),
+            Some("INSERT INTO t VALUES (1, 'a' || 'b', now()), (3, 'e' || 'f', clock_timestamp())")
+        );
+        // A call's arguments are kept as written: nextval('a') and
+        // nextval('b') write different sequences.
+        assert_eq!(
+            s("INSERT INTO t VALUES (nextval('a')), (nextval('b'))"),
+            None
+        );
+        assert_eq!(
+            s("INSERT INTO t VALUES (nextval('a')), (nextval('a'))").as_deref(),
+            Some("INSERT INTO t VALUES (nextval('a'))")
+        );
+        // So are a subquery's, and anything under a call.
+        assert_eq!(
+            s("INSERT INTO t VALUES ((SELECT 'a')), ((SELECT 'b'))"),
+            None
+        );
+        assert_eq!(s("INSERT INTO t VALUES (f((1))), (f((2)))"), None);
+        assert_eq!(s("INSERT INTO t VALUES (f ('x')), (f\n('y'))"), None);
+        // Tuples in IN lists and ARRAY[...] elements.
+        assert_eq!(
+            s("SELECT 1 FROM t WHERE (a, b) IN ((1, 'x'), (2, 'y'), (3, lower('z')))").as_deref(),
+            Some("SELECT 1 FROM t WHERE (a, b) IN ((1, 'x'), (3, lower('z')))")
+        );
+        assert_eq!(
+            s("SELECT 1 FROM t WHERE a = ANY(ARRAY[1, 2, 3]) AND b = ANY (ARRAY['x'::text, 'y'::text])").as_deref(),
+            Some("SELECT 1 FROM t WHERE a = ANY(ARRAY[1]) AND b = ANY (ARRAY['x'::text])")
+        );
+        // What the shape reading does not follow ends the shortening.
+        assert_eq!(s("INSERT INTO t VALUES (1abc + 1), (2abc + 1)"), None);
+        assert_eq!(
+            s("INSERT INTO t VALUES (U&'a' || 'b'), (U&'c' || 'd')"),
+            None
+        );
+        assert_eq!(s("INSERT INTO t VALUES ($1x + 1), ($2x + 1)"), None);
+        assert_eq!(s("INSERT INTO t VALUES (1 + 1 -- c\n), (2 + 2)"), None);
+    }
+
+    #[test]
+    fn numbers_are_read_strictly() {
+        for ok in [
+            "1", "1.5", ".5", "1e-5", "1E+10", "1_000", "0x1F", "0o17", "0b101", "1.e3",
+        ] {
+            assert_eq!(number(ok.as_bytes(), 0), Some(ok.len()), "{ok}");
+        }
+        for bad in ["1abc", "1.2.3", "1'x'", "1$", "12é"] {
+            assert_eq!(number(bad.as_bytes(), 0), None, "{bad}");
+        }
     }
 }

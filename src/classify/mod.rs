@@ -197,6 +197,13 @@ pub fn classify_unshortened(sql: &str) -> Vec<StatementInfo> {
     classify_text(sql)
 }
 
+/// The text [`classify`] parses for a big statement, if shortened (the
+/// property tests use it).
+#[doc(hidden)]
+pub fn shortened(sql: &str) -> Option<String> {
+    bulk::shorten(sql)
+}
+
 fn classify_text(sql: &str) -> Vec<StatementInfo> {
     let tokens = match tokens::tokenize(sql) {
         Ok(t) => t,

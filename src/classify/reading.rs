@@ -345,7 +345,7 @@ fn continuation(s: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// The end of a dollar-quote delimiter (`$$`, `$tag$`) starting at `i`.
-fn dollar_tag(s: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn dollar_tag(s: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     if s.get(j) != Some(&b'$') {
         if !s.get(j).is_some_and(|&b| ident_start(b)) {
