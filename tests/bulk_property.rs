@@ -5,7 +5,9 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use zoneguard::classify::{classify, classify_unshortened, shortened, Special, StatementInfo};
+use zoneguard::classify::{
+    classify, classify_limited, classify_unshortened, pieces, shortened, Special, StatementInfo,
+};
 
 /// The facts a verdict depends on: an unparsed statement's reason text
 /// (which quotes a position in the text) left out.
@@ -224,6 +226,80 @@ fn shortened_and_full_classifications_agree() {
     // or less, expression rows and all (a comment in a list ends its
     // shortening: those are the rest).
     assert!(short * 2 > checked, "{short} of {checked} shortened");
+}
+
+/// [`facts`] as sets: a statement judged in pieces lists each access once,
+/// in the pieces' order, and what could not be parsed once per piece (the
+/// verdict reads whether any of it may write).
+fn fact_sets(v: Vec<StatementInfo>) -> Vec<(String, Vec<String>, Vec<String>)> {
+    facts(v)
+        .into_iter()
+        .map(|mut s| {
+            let may_write = s.specials.iter().any(|x| {
+                matches!(
+                    x,
+                    Special::Unparsed {
+                        may_write: true,
+                        ..
+                    }
+                )
+            });
+            for x in &mut s.specials {
+                if let Special::Unparsed { may_write: w, .. } = x {
+                    *w = may_write;
+                }
+            }
+            let mut a: Vec<String> = s.accesses.iter().map(|a| format!("{a:?}")).collect();
+            let mut sp: Vec<String> = s.specials.iter().map(|x| format!("{x:?}")).collect();
+            a.sort();
+            a.dedup();
+            sp.sort();
+            sp.dedup();
+            (s.command, a, sp)
+        })
+        .collect()
+}
+
+/// Property: a statement too big to parse at once is judged in pieces
+/// (its lists cut into runs), and the union of the pieces'
+/// classifications is the whole's.
+#[test]
+fn pieces_and_full_classifications_agree() {
+    let mut rng = StdRng::seed_from_u64(0x9_1ece5);
+    let (mut checked, mut cut) = (0, 0);
+    for _ in 0..300 {
+        let sql = statement(&mut rng);
+        let max = rng.random_range(150..1200);
+        let text = shortened(&sql).unwrap_or_else(|| sql.clone());
+        match pieces(&text, max) {
+            Some(p) if p.len() > 1 => cut += 1,
+            Some(_) => {}
+            // Nothing to cut small enough (the rest of the statement alone
+            // is over these small limits, or a comment ends a list's
+            // reading and the rest stays whole): refused, not compared.
+            None => continue,
+        }
+        assert_eq!(
+            fact_sets(classify_limited(&sql, max)),
+            fact_sets(classify_unshortened(&sql)),
+            "differs at max {max} for:\n{}\npieces:\n{}",
+            &sql[..sql.len().min(2000)],
+            pieces(&text, max)
+                .unwrap_or_default()
+                .iter()
+                .filter(|p| classify_unshortened(p)
+                    .iter()
+                    .any(|s| s.command == "UNKNOWN"))
+                .map(|p| &p[..p.len().min(1500)])
+                .collect::<Vec<_>>()
+                .join("\n--\n")
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 120 && cut > 80,
+        "{checked} compared, {cut} in pieces"
+    );
 }
 
 /// Statements of any size up to the message limit are judged, not refused

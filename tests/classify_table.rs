@@ -1318,11 +1318,18 @@ fn empty_input() {
 
 #[test]
 fn a_text_over_the_parse_limit_is_not_parsed_and_under_it_is() {
-    let sql = format!("SELECT '{}' FROM users", "x".repeat(1 << 20));
-    let v = zoneguard::classify::classify_limited(&sql, 1 << 20);
+    // Many tokens and no list to cut (a select list): over the limit,
+    // not parsed.
+    let chain = (0..30_000)
+        .map(|i| format!("id + {i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {chain} FROM users");
+    assert!(sql.len() > 1 << 18);
+    let v = zoneguard::classify::classify_limited(&sql, 1 << 18);
     assert_eq!(v.len(), 1);
     assert!(
-        matches!(&v[0].specials[..], [Special::Unparsed { may_write: true, reason }] if reason.contains("too long")),
+        matches!(&v[0].specials[..], [Special::Unparsed { may_write: true, reason }] if reason.contains("too big") && reason.contains("max_statement_bytes")),
         "{:?}",
         v[0].specials
     );
@@ -1331,8 +1338,8 @@ fn a_text_over_the_parse_limit_is_not_parsed_and_under_it_is() {
     assert_eq!(pairs(&one(&sql)), want(&[("read", "users")]));
     // A text over the limit is one statement that may write, whatever it
     // holds: fail closed.
-    let sql = format!("SELECT '{}'; DELETE FROM users", "x".repeat(1 << 20));
-    let v = zoneguard::classify::classify_limited(&sql, 1 << 20);
+    let sql = format!("SELECT {chain}; DELETE FROM users");
+    let v = zoneguard::classify::classify_limited(&sql, 1 << 18);
     assert_eq!(v.len(), 1);
     assert!(matches!(
         &v[0].specials[..],
@@ -1343,6 +1350,16 @@ fn a_text_over_the_parse_limit_is_not_parsed_and_under_it_is() {
     ));
     let v = classify(&sql);
     assert_eq!(v.len(), 2);
+    assert_eq!(pairs(&v[1]), want(&[("delete", "users")]));
+    // A long literal is one token: a megabyte in one string is parsed
+    // whole under a limit far below its length, and what follows it seen.
+    let sql = format!(
+        "SELECT '{}' FROM users; DELETE FROM users",
+        "x".repeat(1 << 20)
+    );
+    let v = zoneguard::classify::classify_limited(&sql, 4096);
+    assert_eq!(v.len(), 2);
+    assert_eq!(pairs(&v[0]), want(&[("read", "users")]));
     assert_eq!(pairs(&v[1]), want(&[("delete", "users")]));
 }
 

@@ -31,7 +31,217 @@ pub const THRESHOLD: usize = 4096;
 /// The text with the removable elements of its long lists removed (see the
 /// module's invariant); None if nothing was removed or the text does not lex.
 pub fn shorten(sql: &str) -> Option<String> {
-    let s = sql.as_bytes();
+    let found = find(sql.as_bytes())?;
+    let cuts = found.cuts;
+    if cuts.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(sql.len() - cuts.iter().map(|(a, b)| b - a).sum::<usize>());
+    let mut at = 0;
+    for (a, b) in cuts {
+        out.push_str(&sql[at..a]);
+        at = b;
+    }
+    out.push_str(&sql[at..]);
+    Some(out)
+}
+
+/// Each literal (string, dollar-quoted string, quoted name) counts this
+/// much in a text's [`weight`], whatever its length.
+const LITERAL_WEIGHT: usize = 16;
+
+/// What parsing a text costs in memory, in bytes of SQL: its length with
+/// every literal counted as [`LITERAL_WEIGHT`] and comments as one. A
+/// syntax tree takes about 150 times the SQL outside literals (tokens,
+/// nodes), but a literal is one token however long: a 5 MB document in
+/// one string weighs little. A text that does not lex weighs its length.
+pub fn weight(s: &[u8]) -> usize {
+    let mut w = 0;
+    let mut i = 0;
+    let mut backslash = false;
+    while i < s.len() {
+        let c = s[i];
+        let next = s.get(i + 1).copied();
+        let end = match c {
+            b'\'' => {
+                // E'...': backslash escapes (the prefix is a lone e).
+                let escape = i > 0
+                    && matches!(s[i - 1], b'e' | b'E')
+                    && (i < 2 || !(ident_char(s[i - 2]) || s[i - 2] >= 0x80 || s[i - 2] == b'$'));
+                reading::quoted(s, i + 1, escape, &mut backslash)
+            }
+            b'"' => {
+                let mut k = i + 1;
+                loop {
+                    match s.get(k) {
+                        None => break None,
+                        Some(b'"') if s.get(k + 1) == Some(&b'"') => k += 2,
+                        Some(b'"') => break Some(k + 1),
+                        _ => k += 1,
+                    }
+                }
+            }
+            b'$' => match reading::dollar_tag(s, i) {
+                Some(tag_end) => {
+                    let tag = &s[i..tag_end];
+                    s[tag_end..]
+                        .windows(tag.len())
+                        .position(|w| w == tag)
+                        .map(|p| tag_end + p + tag.len())
+                }
+                None => {
+                    w += 1;
+                    i += 1;
+                    continue;
+                }
+            },
+            b'-' if next == Some(b'-') => {
+                let mut k = i;
+                while k < s.len() && s[k] != b'\n' && s[k] != b'\r' {
+                    k += 1;
+                }
+                w += 1;
+                i = k;
+                continue;
+            }
+            b'/' if next == Some(b'*') => {
+                let mut depth = 1;
+                let mut k = i + 2;
+                while depth > 0 && k < s.len() {
+                    match (s[k], s.get(k + 1)) {
+                        (b'/', Some(b'*')) => {
+                            depth += 1;
+                            k += 2;
+                        }
+                        (b'*', Some(b'/')) => {
+                            depth -= 1;
+                            k += 2;
+                        }
+                        _ => k += 1,
+                    }
+                }
+                if depth > 0 {
+                    return s.len();
+                }
+                w += 1;
+                i = k;
+                continue;
+            }
+            _ if ident_char(c) || c >= 0x80 => {
+                // A word or number: `$` continues a word (`a$1`), not a
+                // literal.
+                let mut k = i;
+                while s
+                    .get(k)
+                    .is_some_and(|b| ident_char(*b) || *b >= 0x80 || *b == b'$')
+                {
+                    k += 1;
+                }
+                w += k - i;
+                i = k;
+                continue;
+            }
+            _ => {
+                w += 1;
+                i += 1;
+                continue;
+            }
+        };
+        match end {
+            Some(e) => {
+                w += LITERAL_WEIGHT;
+                i = e;
+            }
+            None => return s.len(),
+        }
+    }
+    w
+}
+
+/// `sql` as texts that each weigh at most `max` ([`weight`]), for a
+/// statement too big to parse at once: each is the statement with its
+/// longest list cut down to a run of the elements [`shorten`] keeps (and,
+/// if still too big, the same again on its next list), in the text's
+/// order. Invariant: every element of every list is in some piece, and a
+/// list's elements contribute to a classification independently of one
+/// another (rows of VALUES, items of IN and ARRAY[...]), so the union of
+/// the pieces' classifications is the whole's. None if no such cutting
+/// brings every piece under `max` (a statement with no list, a single
+/// element too big) within four times the text's length in all.
+pub fn pieces(sql: &str, max: usize) -> Option<Vec<String>> {
+    let limit = sql
+        .len()
+        .saturating_mul(4)
+        .saturating_add(max.saturating_mul(2));
+    let mut made = 0usize;
+    let mut out = Vec::new();
+    let mut todo = vec![sql.to_owned()];
+    while let Some(t) = todo.pop() {
+        // Shortened first: what a piece keeps of each list is then one
+        // element of each shape.
+        let t = shorten(&t).unwrap_or(t);
+        let w = weight(t.as_bytes());
+        if w <= max {
+            out.push(t);
+            continue;
+        }
+        let s = t.as_bytes();
+        let found = find(s)?;
+        let list = found
+            .lists
+            .iter()
+            .filter(|l| l.len() >= 2)
+            .max_by_key(|l| l[l.len() - 1].1 - l[0].0)?;
+        let weights: Vec<usize> = list.iter().map(|&(a, b)| weight(&s[a..b]) + 1).collect();
+        let list_weight: usize = weights.iter().sum();
+        let base = w.saturating_sub(list_weight);
+        // Each run as big as the rest of the text leaves room for; at
+        // least two runs, so that every step makes the texts smaller.
+        let room = if base < max / 2 { max - base } else { max / 2 };
+        let budget = room.min(list_weight.div_ceil(2)).max(1);
+        let (start, end) = (list[0].0, list[list.len() - 1].1);
+        let mut runs = Vec::new();
+        let mut k = 0;
+        while k < list.len() {
+            let mut j = k;
+            let mut run = 0;
+            while j < list.len() && (j == k || run + weights[j] <= budget) {
+                run += weights[j];
+                j += 1;
+            }
+            let mut piece =
+                String::with_capacity(start + (t.len() - end) + (list[j - 1].1 - list[k].0));
+            piece.push_str(&t[..start]);
+            for (n, &(a, b)) in list[k..j].iter().enumerate() {
+                if n > 0 {
+                    piece.push(',');
+                }
+                piece.push_str(&t[a..b]);
+            }
+            piece.push_str(&t[end..]);
+            made += piece.len();
+            if made > limit {
+                return None;
+            }
+            runs.push(piece);
+            k = j;
+        }
+        // In the text's order: the first run is taken next.
+        todo.extend(runs.into_iter().rev());
+    }
+    Some(out)
+}
+
+/// The lists of a text: what may be cut from them, and the spans of the
+/// elements kept, list by list (a row's span is its parentheses; an item's
+/// runs from after the `,` or opening bracket to the next `,` or closing
+/// bracket).
+struct Found {
+    cuts: Vec<(usize, usize)>,
+    lists: Vec<Vec<(usize, usize)>>,
+}
+
+fn find(s: &[u8]) -> Option<Found> {
     let mut anchors: Vec<(usize, Anchor)> = Vec::new();
     let lexed = reading::lex(s, &mut |a, b| {
         let w = &s[a..b];
@@ -47,6 +257,7 @@ pub fn shorten(sql: &str) -> Option<String> {
         return None;
     }
     let mut cuts: Vec<(usize, usize)> = Vec::new();
+    let mut lists = Vec::new();
     let mut done = 0;
     for (after, anchor) in anchors {
         if after < done {
@@ -80,21 +291,13 @@ pub fn shorten(sql: &str) -> Option<String> {
             List::Rows => open,
             List::Items(_) => open + 1,
         };
-        if let Some(end) = shorten_list(s, first, list, &mut cuts) {
+        let mut kept = Vec::new();
+        if let Some(end) = shorten_list(s, first, list, &mut cuts, &mut kept) {
             done = end;
+            lists.push(kept);
         }
     }
-    if cuts.is_empty() {
-        return None;
-    }
-    let mut out = String::with_capacity(s.len() - cuts.iter().map(|(a, b)| b - a).sum::<usize>());
-    let mut at = 0;
-    for (a, b) in cuts {
-        out.push_str(&sql[at..a]);
-        at = b;
-    }
-    out.push_str(&sql[at..]);
-    Some(out)
+    Some(Found { cuts, lists })
 }
 
 #[derive(Clone, Copy)]
@@ -114,17 +317,20 @@ enum List {
 
 /// Walks the list whose first element starts at `first`, adding to `cuts`
 /// every `, element` that is literal-only or has the shape of an element
-/// kept before it; the first element is always kept. Returns where the
-/// walk ended (None if the first element could not be read).
+/// kept before it; the first element is always kept, and the spans of the
+/// kept ones go to `spans`. Returns where the walk ended (None if the
+/// first element could not be read).
 fn shorten_list(
     s: &[u8],
     first: usize,
     list: List,
     cuts: &mut Vec<(usize, usize)>,
+    spans: &mut Vec<(usize, usize)>,
 ) -> Option<usize> {
     let mut kept: HashSet<Vec<u8>> = HashSet::new();
     let mut shape_buf = Vec::new();
     let (mut end, _) = element(s, first, list, &mut shape_buf, &mut kept)?;
+    spans.push((first, end));
     loop {
         let comma = ws(s, end);
         if s.get(comma) != Some(&b',') {
@@ -139,6 +345,8 @@ fn shorten_list(
         };
         if removable {
             cuts.push((comma, e));
+        } else {
+            spans.push((start, e));
         }
         end = e;
     }
@@ -564,6 +772,64 @@ mod tests {
         );
         assert_eq!(s("INSERT INTO t VALUES ($1x + 1), ($2x + 1)"), None);
         assert_eq!(s("INSERT INTO t VALUES (1 + 1 -- c\n), (2 + 2)"), None);
+    }
+
+    #[test]
+    fn weight_counts_sql_outside_literals() {
+        let w = |t: &str| weight(t.as_bytes());
+        assert_eq!(w("SELECT 1"), 8);
+        assert_eq!(w("SELECT 'abc'"), 7 + LITERAL_WEIGHT);
+        let doc = format!("INSERT INTO t VALUES ('{}')", "x".repeat(5_000_000));
+        assert_eq!(w(&doc), 22 + LITERAL_WEIGHT + 1);
+        let dollar = format!("SELECT $f${}$f$", "'".repeat(1000));
+        assert_eq!(w(&dollar), 7 + LITERAL_WEIGHT);
+        // An escape string's \' does not end it; a standard one's does.
+        assert_eq!(w("SELECT E'a\\'b', 1"), 7 + 1 + LITERAL_WEIGHT + 3);
+        assert_eq!(
+            w("SELECT \"a b\" -- c\n, /* d */ 1"),
+            7 + LITERAL_WEIGHT + 8
+        );
+        // What does not lex weighs its length.
+        assert_eq!(w("SELECT 'abc"), 11);
+        assert_eq!(w("SELECT /* abc"), 13);
+    }
+
+    #[test]
+    fn pieces_cut_the_longest_list_in_runs() {
+        let rows: Vec<String> = (0..100).map(|i| format!("(f({i}))")).collect();
+        let sql = format!("INSERT INTO t VALUES {} RETURNING id", rows.join(", "));
+        let p = pieces(&sql, 200).unwrap();
+        assert!(p.len() > 4, "{p:?}");
+        assert!(p.iter().all(|t| weight(t.as_bytes()) <= 200), "{p:?}");
+        assert!(p
+            .iter()
+            .all(|t| t.starts_with("INSERT INTO t VALUES (f(") && t.ends_with(") RETURNING id")));
+        // Every row in exactly one piece, in order.
+        let joined: Vec<String> = p
+            .iter()
+            .flat_map(|t| {
+                t["INSERT INTO t VALUES ".len()..t.len() - " RETURNING id".len()]
+                    .split(',')
+                    .map(str::trim)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(joined, rows);
+        // Nothing to cut: None.
+        let chain = (0..100)
+            .map(|i| format!("a = {i}"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        assert_eq!(pieces(&format!("SELECT 1 WHERE {chain}"), 200), None);
+        // A head too big alone: None.
+        assert_eq!(
+            pieces(
+                &format!("SELECT 1 WHERE {chain} AND b IN (f(1), f(2), f(3))"),
+                200
+            ),
+            None
+        );
     }
 
     #[test]

@@ -166,28 +166,88 @@ pub fn classify(sql: &str) -> Vec<StatementInfo> {
     classify_limited(sql, usize::MAX)
 }
 
-/// [`classify`], refusing to parse more than `max_parsed` bytes: a syntax
-/// tree takes about 150 times the text's size in memory while it is
-/// judged, so a text too long to parse within the guard's budget is judged
-/// as one that may write (after literal lists are shortened: those are
-/// never too long).
+/// [`classify`], parsing at most `max_parsed` bytes of SQL at once (by
+/// [`bulk::weight`]: a syntax tree takes about 150 times the SQL outside
+/// literals in memory while it is judged). A bigger statement is judged
+/// in pieces, its lists cut into runs (see [`bulk::pieces`]), after its
+/// lists are shortened; one that cannot be cut small enough is judged as
+/// one that may write.
 pub fn classify_limited(sql: &str, max_parsed: usize) -> Vec<StatementInfo> {
-    // Big statements: literal lists shortened first (see `bulk`), so the
-    // cost stays linear in the length and the parse small.
+    // Big statements: lists shortened first (see `bulk`), so the cost
+    // stays linear in the length and the parse small.
     let short = (sql.len() > bulk::THRESHOLD)
         .then(|| bulk::shorten(sql))
         .flatten();
     let text = short.as_deref().unwrap_or(sql);
-    if text.len() > max_parsed {
-        return vec![unparsed(
+    if text.len() <= max_parsed || bulk::weight(text.as_bytes()) <= max_parsed {
+        return classify_text(text);
+    }
+    match bulk::pieces(text, max_parsed) {
+        Some(pieces) => merge(pieces.iter().map(|p| classify_text(p))),
+        None => vec![unparsed(
             true,
             format!(
-                "statement too long to judge ({} bytes, over [proxy] max_statement_bytes = {max_parsed}; literal-only VALUES rows and IN lists are not limited)",
-                text.len()
+                "statement too big to judge ({} bytes, {} of them SQL outside literals, over [proxy] max_statement_bytes = {max_parsed}, and no list in it to judge in parts)",
+                text.len(),
+                bulk::weight(text.as_bytes())
             ),
-        )];
+        )],
     }
-    classify_text(text)
+}
+
+/// The classification of a statement judged in pieces: the union of the
+/// pieces' (see [`bulk::pieces`]), statement by statement. Pieces that do
+/// not read as the same statements are judged as one that may write.
+fn merge(parts: impl Iterator<Item = Vec<StatementInfo>>) -> Vec<StatementInfo> {
+    let mut out: Option<Vec<StatementInfo>> = None;
+    for part in parts {
+        let Some(whole) = out.as_mut() else {
+            out = Some(part);
+            continue;
+        };
+        if whole.len() != part.len() {
+            return vec![unparsed(
+                true,
+                "statement judged in parts read differently part to part",
+            )];
+        }
+        for (w, p) in whole.iter_mut().zip(part) {
+            if !merge_one(w, p) {
+                return vec![unparsed(
+                    true,
+                    "statement judged in parts read differently part to part",
+                )];
+            }
+        }
+    }
+    out.unwrap_or_default()
+}
+
+fn merge_one(w: &mut StatementInfo, p: StatementInfo) -> bool {
+    if w.command != p.command || w.deallocates != p.deallocates {
+        return false;
+    }
+    for a in p.accesses {
+        if !w.accesses.contains(&a) {
+            w.accesses.push(a);
+        }
+    }
+    for s in p.specials {
+        if !w.specials.contains(&s) {
+            w.specials.push(s);
+        }
+    }
+    match (&mut w.prepares, p.prepares) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a.name == b.name => merge_one(&mut a.body, *b.body),
+        _ => false,
+    }
+}
+
+/// [`bulk::pieces`], for the property tests.
+#[doc(hidden)]
+pub fn pieces(sql: &str, max: usize) -> Option<Vec<String>> {
+    bulk::pieces(sql, max)
 }
 
 /// [`classify`] without shortening big statements' literal lists: what

@@ -366,10 +366,12 @@ pub struct ProxySettings {
     pub upstream_tls: String,
     /// The CA certificate(s) (PEM) that sign the upstream's certificate.
     pub upstream_ca_file: String,
-    /// The longest SQL text the guard parses (after literal-only VALUES
-    /// rows and IN lists are shortened, which are never too long): a syntax
-    /// tree takes about 130 times the text's size in memory while it is
-    /// judged, one such text at a time. Longer texts are rejected.
+    /// The most SQL the guard parses at once, in bytes outside literals (a
+    /// literal counts 16 however long): a syntax tree takes about 150 times
+    /// that in memory while it is judged, one such text at a time. Long
+    /// lists are shortened to one element of each shape first, and a
+    /// statement still over this is judged in pieces, its lists cut into
+    /// runs; one with nothing to cut is rejected.
     pub max_statement_bytes: usize,
     /// At SIGTERM, how long sessions get to reach an idle moment outside a
     /// transaction before the rest are closed (57P01).

@@ -963,9 +963,9 @@ fn scram_binding_expected(body: &[u8]) -> bool {
 
 /// Classifies a text over [`OFFLOAD_BYTES`] on the blocking pool, one such
 /// text at a time guard-wide, parsing at most `[proxy] max_statement_bytes`
-/// (after literal lists are shortened); None for shorter texts (classified
-/// inline, through the cache) and for texts that are not UTF-8 (refused
-/// inline).
+/// at once (after lists are shortened; bigger ones in pieces); None for
+/// shorter texts (classified inline, through the cache) and for texts that
+/// are not UTF-8 (refused inline).
 async fn classify_big(text: &[u8], guard: &Guard) -> Option<Arc<Vec<StatementInfo>>> {
     let max = guard.settings.proxy.max_statement_bytes;
     if text.len() <= OFFLOAD_BYTES.min(max) {
