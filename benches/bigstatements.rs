@@ -139,6 +139,13 @@ allow = ["read"]
                 .replace("'SKU-", "lower('SKU-")
                 .replace("', 'ACTIVE')", "'), 'ACTIVE')"),
         ),
+        // Over [proxy] max_statement_bytes: judged in pieces.
+        (
+            "INSERT VALUES, a different call per row, 200,000 rows".into(),
+            insert(200_000)
+                .replace("'SKU-", "lower('SKU-")
+                .replace("', 'ACTIVE')", "'), 'ACTIVE')"),
+        ),
     ];
     println!();
     println!("| statement | bytes | direct ms | zoneguard ms | ratio |");

@@ -160,7 +160,50 @@ fn statement(rng: &mut StdRng) -> String {
         3 => " -- VALUES (1), (2)\n".to_owned(),
         _ => String::new(),
     };
-    match rng.random_range(0..6) {
+    match rng.random_range(0..8) {
+        6 => {
+            // Django's bulk_update: an arm per row, and the rows' ids.
+            let n = rng.random_range(100..600);
+            let shapes = Shapes::new(rng);
+            let arms: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        "WHEN (\"t\".\"id\" = {i}) THEN {}",
+                        item(&mut shapes.pick(rng), rng)
+                    )
+                })
+                .collect();
+            format!(
+                "UPDATE {table} SET \"f\" = CASE {} ELSE NULL END WHERE \"t\".\"id\" IN ({}){tail}",
+                arms.join(" "),
+                list(rng, n)
+            )
+        }
+        7 => {
+            // A simple CASE in rows, nested CASEs in arms.
+            let n = rng.random_range(50..300);
+            let shapes = Shapes::new(rng);
+            let arms: Vec<String> = (0..rng.random_range(20..200))
+                .map(|i| {
+                    let mut s = shapes.pick(rng);
+                    if s.random_range(0..4) == 0 {
+                        format!(
+                            "WHEN {i} THEN CASE WHEN {} THEN {} END",
+                            item(&mut s, rng),
+                            item(&mut s, rng)
+                        )
+                    } else {
+                        format!("WHEN {i} THEN {}", item(&mut s, rng))
+                    }
+                })
+                .collect();
+            let rows = rows(rng, n, 2);
+            format!(
+                "INSERT INTO {table} SELECT CASE x WHEN -1 THEN 0 {} END, y FROM (VALUES {}) v (x, y){tail}",
+                arms.join("\n"),
+                rows.join(", ")
+            )
+        }
         5 => {
             let n = rng.random_range(300..2000);
             format!(

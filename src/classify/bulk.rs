@@ -1,14 +1,16 @@
 //! Big statements in linear time: the long lists applications send
 //! (`INSERT ... VALUES (...), (...), ...` of bulk inserts, `IN (1, 2, ...)`
-//! lists, `ARRAY[...]` parameters rendered inline) are shortened before
-//! parsing to one row or item of each shape.
+//! lists, `ARRAY[...]` parameters rendered inline, the `CASE WHEN ... THEN
+//! ...` arms of bulk updates) are shortened before parsing to one element
+//! of each shape.
 //!
 //! Invariant: an element is removed only if it is made of literals alone
 //! (numbers, strings, NULL/TRUE/FALSE/DEFAULT, parameters, with signs and
 //! casts to plain type names), or if an element kept before it has the
 //! same *shape*: the same text once every literal that is a value (not
-//! under a call's or a subquery's parentheses) is replaced by a marker of
-//! its kind and whitespace runs are made one. The classifier reads
+//! under a call's or a subquery's parentheses; a `(` after a word other
+//! than an expression keyword such as WHEN, AND or IN is a call's) is
+//! replaced by a marker of its kind and whitespace runs are made one. The classifier reads
 //! literals only as a function's arguments (`nextval('t')`,
 //! `set_config(...)`, regclass arguments), and those are part of the shape
 //! as written, as are every name, keyword, operator and cast; so a removed
@@ -187,11 +189,11 @@ pub fn pieces(sql: &str, max: usize) -> Option<Vec<String>> {
         }
         let s = t.as_bytes();
         let found = find(s)?;
-        let list = found
+        let (kind, list) = found
             .lists
             .iter()
-            .filter(|l| l.len() >= 2)
-            .max_by_key(|l| l[l.len() - 1].1 - l[0].0)?;
+            .filter(|(_, l)| l.len() >= 2)
+            .max_by_key(|(_, l)| l[l.len() - 1].1 - l[0].0)?;
         let weights: Vec<usize> = list.iter().map(|&(a, b)| weight(&s[a..b]) + 1).collect();
         let list_weight: usize = weights.iter().sum();
         let base = w.saturating_sub(list_weight);
@@ -214,7 +216,7 @@ pub fn pieces(sql: &str, max: usize) -> Option<Vec<String>> {
             piece.push_str(&t[..start]);
             for (n, &(a, b)) in list[k..j].iter().enumerate() {
                 if n > 0 {
-                    piece.push(',');
+                    piece.push_str(kind.separator());
                 }
                 piece.push_str(&t[a..b]);
             }
@@ -238,7 +240,7 @@ pub fn pieces(sql: &str, max: usize) -> Option<Vec<String>> {
 /// bracket).
 struct Found {
     cuts: Vec<(usize, usize)>,
-    lists: Vec<Vec<(usize, usize)>>,
+    lists: Vec<(List, Vec<(usize, usize)>)>,
 }
 
 fn find(s: &[u8]) -> Option<Found> {
@@ -251,6 +253,8 @@ fn find(s: &[u8]) -> Option<Found> {
             anchors.push((b, Anchor::In));
         } else if w.eq_ignore_ascii_case(b"array") {
             anchors.push((b, Anchor::Array));
+        } else if w.eq_ignore_ascii_case(b"case") {
+            anchors.push((b, Anchor::Case));
         }
     });
     if !matches!(lexed, reading::Lexed::Complete { .. }) {
@@ -263,41 +267,83 @@ fn find(s: &[u8]) -> Option<Found> {
         if after < done {
             continue;
         }
+        if let Anchor::Case = anchor {
+            // CASE [operand] WHEN ... THEN ... [WHEN ...] [ELSE ...] END:
+            // the arms are the list.
+            let mut buf = Vec::new();
+            let Some(first) = shape(s, after, List::Operand, &mut buf) else {
+                continue;
+            };
+            let mut kept = Vec::new();
+            if let Some(end) = shorten_list(s, first, List::Arms, &mut cuts, &mut kept) {
+                done = end;
+                lists.push((List::Arms, kept));
+            }
+            continue;
+        }
         let open = ws(s, after);
         let (opener, list) = match anchor {
             Anchor::Values => (b'(', List::Rows),
             Anchor::In => (b'(', List::Items(b')')),
-            Anchor::Array => (b'[', List::Items(b']')),
+            _ => (b'[', List::Items(b']')),
         };
         if s.get(open) != Some(&opener) {
             continue;
         }
         if let List::Items(_) = list {
             // `IN (SELECT ...)`, `IN (VALUES ...)`: a query, not a list.
-            let first = ws(s, open + 1);
-            let mut k = first;
-            while s.get(k).is_some_and(|b| ident_char(*b)) {
-                k += 1;
-            }
-            let w = &s[first..k];
-            if [&b"select"[..], b"with", b"values", b"table"]
-                .iter()
-                .any(|q| w.eq_ignore_ascii_case(q))
-            {
+            if starts_query(s, open + 1) {
                 continue;
             }
         }
         let first = match list {
             List::Rows => open,
-            List::Items(_) => open + 1,
+            _ => open + 1,
         };
         let mut kept = Vec::new();
         if let Some(end) = shorten_list(s, first, list, &mut cuts, &mut kept) {
             done = end;
-            lists.push(kept);
+            lists.push((list, kept));
         }
     }
     Some(Found { cuts, lists })
+}
+
+/// Does a query start at `i` (after whitespace)? A parenthesized query
+/// starts with one of these or with another parenthesis.
+fn starts_query(s: &[u8], i: usize) -> bool {
+    let first = ws(s, i);
+    let mut k = first;
+    while s.get(k).is_some_and(|b| ident_char(*b)) {
+        k += 1;
+    }
+    let w = &s[first..k];
+    [&b"select"[..], b"with", b"values", b"table"]
+        .iter()
+        .any(|q| w.eq_ignore_ascii_case(q))
+}
+
+/// Keywords after which a `(` opens an expression, not a call's
+/// arguments: `WHEN (a = 1)`, `x IN (1, 2)`, `NOT (b)`. Every other word
+/// before a `(` is taken for a function's name (or a type's, or ANY,
+/// ROW, EXISTS, ARRAY: kept as written all the same).
+fn grouping_word(w: &[u8]) -> bool {
+    [
+        &b"when"[..],
+        b"then",
+        b"else",
+        b"case",
+        b"and",
+        b"or",
+        b"not",
+        b"in",
+        b"is",
+        b"like",
+        b"ilike",
+        b"between",
+    ]
+    .iter()
+    .any(|k| w.eq_ignore_ascii_case(k))
 }
 
 #[derive(Clone, Copy)]
@@ -305,14 +351,38 @@ enum Anchor {
     Values,
     In,
     Array,
+    Case,
 }
 
-/// A list's elements: `(row), (row), ...` after VALUES, or `item, item,
-/// ...` up to the closing byte (`)` of IN, `]` of ARRAY).
+/// A list's elements: `(row), (row), ...` after VALUES; `item, item, ...`
+/// up to the closing byte (`)` of IN, `]` of ARRAY); a CASE's arms, `WHEN
+/// ... THEN ...` up to its ELSE or END. `Operand` reads a simple CASE's
+/// operand, to find the first arm.
 #[derive(Clone, Copy, PartialEq)]
 enum List {
     Rows,
     Items(u8),
+    Arms,
+    Operand,
+}
+
+impl List {
+    /// What joins the elements of a run ([`pieces`]).
+    fn separator(self) -> &'static str {
+        match self {
+            List::Arms | List::Operand => " ",
+            _ => ",",
+        }
+    }
+}
+
+/// Is the word at `i` (case-insensitively) `w`, as a whole word?
+fn word_at(s: &[u8], i: usize, w: &[u8]) -> bool {
+    s.get(i..i + w.len())
+        .is_some_and(|x| x.eq_ignore_ascii_case(w))
+        && !s
+            .get(i + w.len())
+            .is_some_and(|b| ident_char(*b) || *b == b'$' || *b >= 0x80)
 }
 
 /// Walks the list whose first element starts at `first`, adding to `cuts`
@@ -332,19 +402,27 @@ fn shorten_list(
     let (mut end, _) = element(s, first, list, &mut shape_buf, &mut kept)?;
     spans.push((first, end));
     loop {
-        let comma = ws(s, end);
-        if s.get(comma) != Some(&b',') {
-            break;
-        }
-        let start = match list {
-            List::Rows => ws(s, comma + 1),
-            List::Items(_) => comma + 1,
+        // Where the next element starts, and where its cut would.
+        let (start, cut) = if list == List::Arms {
+            if !word_at(s, end, b"when") {
+                break;
+            }
+            (end, end)
+        } else {
+            let comma = ws(s, end);
+            if s.get(comma) != Some(&b',') {
+                break;
+            }
+            match list {
+                List::Rows => (ws(s, comma + 1), comma),
+                _ => (comma + 1, comma),
+            }
         };
         let Some((e, removable)) = element(s, start, list, &mut shape_buf, &mut kept) else {
             break;
         };
         if removable {
-            cuts.push((comma, e));
+            cuts.push((cut, e));
         } else {
             spans.push((start, e));
         }
@@ -368,6 +446,7 @@ fn element(
     let literal = match list {
         List::Rows => row(s, i),
         List::Items(close) => item(s, i).filter(|&e| s[e] == b',' || s[e] == close),
+        _ => None,
     };
     if let Some(e) = literal {
         return Some((e, true));
@@ -395,7 +474,17 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
     // written (a call's arguments, a subquery, anything under them).
     let mut verbatim: Vec<bool> = Vec::new();
     let mut after_word = false;
+    // CASEs opened inside the element (their WHEN, ELSE and END are not
+    // the element's end).
+    let mut cases = 0usize;
     i = ws(s, i);
+    if list == List::Arms {
+        if !word_at(s, i, b"when") {
+            return None;
+        }
+        out.extend_from_slice(b"when");
+        i += 4;
+    }
     if list == List::Rows {
         if s.get(i) != Some(&b'(') {
             return None;
@@ -419,10 +508,7 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
             b';' => return None,
             0..=0x1f | 0x7f => return None,
             b'(' | b'[' => {
-                let next = ws(s, i + 1);
-                let query = s
-                    .get(next)
-                    .is_some_and(|b| ident_char(*b) && !b.is_ascii_digit());
+                let query = c == b'(' && starts_query(s, i + 1);
                 verbatim.push(inside || (c == b'(' && (after_word || query)));
                 out.push(c);
                 i += 1;
@@ -431,7 +517,7 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
                 if verbatim.is_empty() {
                     // An item's end: the list's closing byte.
                     trim(out);
-                    return (list == List::Items(c)).then_some(i);
+                    return (list == List::Items(c) && cases == 0).then_some(i);
                 }
                 verbatim.pop();
                 out.push(c);
@@ -442,7 +528,7 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
             }
             b',' if verbatim.is_empty() => {
                 trim(out);
-                return Some(i);
+                return matches!(list, List::Items(_) if cases == 0).then_some(i);
             }
             b'\'' => {
                 let mut backslash = false;
@@ -512,9 +598,27 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
                     }
                     ([b'u' | b'U'], Some(b'&')) => return None,
                     _ => {
+                        let top = verbatim.is_empty();
+                        if w.eq_ignore_ascii_case(b"case") {
+                            cases += 1;
+                        } else if w.eq_ignore_ascii_case(b"end") && cases > 0 {
+                            cases -= 1;
+                        } else if top && cases == 0 && matches!(list, List::Arms | List::Operand) {
+                            let when = w.eq_ignore_ascii_case(b"when");
+                            if when
+                                || w.eq_ignore_ascii_case(b"else")
+                                || w.eq_ignore_ascii_case(b"end")
+                            {
+                                // The arm's end (the operand's: the first WHEN).
+                                trim(out);
+                                return (list == List::Arms || when).then_some(i);
+                            }
+                        }
                         out.extend_from_slice(w);
                         i = k;
-                        word = true;
+                        // A call's name, unless a keyword that opens an
+                        // expression.
+                        word = !grouping_word(w);
                     }
                 }
             }
@@ -772,6 +876,42 @@ mod tests {
         );
         assert_eq!(s("INSERT INTO t VALUES ($1x + 1), ($2x + 1)"), None);
         assert_eq!(s("INSERT INTO t VALUES (1 + 1 -- c\n), (2 + 2)"), None);
+    }
+
+    #[test]
+    fn case_arms_are_a_list() {
+        let s = |t: &str| shorten(t);
+        // Django's bulk_update: one arm per row, one shape.
+        assert_eq!(
+            s(r#"UPDATE "t" SET "f" = CASE WHEN ("t"."id" = 1) THEN 'a' WHEN ("t"."id" = 2) THEN 'b' WHEN ("t"."id" = 3) THEN nextval('s') ELSE NULL END WHERE "t"."id" IN (1, 2, 3)"#).as_deref(),
+            Some(r#"UPDATE "t" SET "f" = CASE WHEN ("t"."id" = 1) THEN 'a' WHEN ("t"."id" = 3) THEN nextval('s') ELSE NULL END WHERE "t"."id" IN (1)"#)
+        );
+        // A simple CASE's operand; nested CASEs inside an arm.
+        assert_eq!(
+            s("SELECT CASE x WHEN 1 THEN 'a' WHEN 2 THEN CASE WHEN y THEN 1 END WHEN 3 THEN CASE WHEN y THEN 2 END END FROM t").as_deref(),
+            Some("SELECT CASE x WHEN 1 THEN 'a' WHEN 2 THEN CASE WHEN y THEN 1 END END FROM t")
+        );
+        // Arms whose calls differ are kept.
+        assert_eq!(
+            s("SELECT CASE WHEN a THEN nextval('a') WHEN b THEN nextval('b') END"),
+            None
+        );
+        // `WHEN (x)`: an expression in parentheses, not a call: its values
+        // are values. `f (x)`: a call.
+        assert_eq!(
+            s("SELECT CASE WHEN (x = 1) THEN f (1) WHEN (x = 2) THEN f (2) END").as_deref(),
+            None
+        );
+        assert_eq!(
+            s("SELECT CASE WHEN (x = 1) THEN 1 WHEN (x = 2) THEN 2 END").as_deref(),
+            Some("SELECT CASE WHEN (x = 1) THEN 1 END")
+        );
+        // A comment ends the arms' shortening where it stands.
+        assert_eq!(
+            s("SELECT CASE WHEN a = 1 THEN 1 WHEN a = 2 THEN 2 /* c */ WHEN a = 3 THEN 3 END")
+                .as_deref(),
+            None
+        );
     }
 
     #[test]

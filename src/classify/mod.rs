@@ -187,8 +187,7 @@ pub fn classify_limited(sql: &str, max_parsed: usize) -> Vec<StatementInfo> {
         None => vec![unparsed(
             true,
             format!(
-                "statement too big to judge ({} bytes, {} of them SQL outside literals, over [proxy] max_statement_bytes = {max_parsed}, and no list in it to judge in parts)",
-                text.len(),
+                "statement too big to judge: it weighs {} bytes of SQL to parse (each literal counts 16), over [proxy] max_statement_bytes = {max_parsed}, and has no list that can be cut into parts that small",
                 bulk::weight(text.as_bytes())
             ),
         )],

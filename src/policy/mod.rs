@@ -395,7 +395,7 @@ impl Default for ProxySettings {
             upstream_tls: "prefer".into(),
             upstream_ca_file: String::new(),
             drain_timeout_secs: 30,
-            max_statement_bytes: 4 << 20,
+            max_statement_bytes: 1 << 20,
         }
     }
 }

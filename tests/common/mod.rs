@@ -62,12 +62,22 @@ impl TestGuard {
     }
 
     pub async fn start_with_upstream(policy_text: &str, upstream: &str) -> TestGuard {
-        Self::start_full(policy_text, upstream, false, None).await
+        Self::start_full(policy_text, upstream, false, None, &|_| {}).await
+    }
+
+    /// With its settings changed by `tune` after the harness's own (the
+    /// harness caps client messages at 1 MiB).
+    #[allow(dead_code)]
+    pub async fn start_tuned(
+        policy_text: &str,
+        tune: &(dyn Fn(&mut policy::Settings) + Sync),
+    ) -> TestGuard {
+        Self::start_full(policy_text, &cluster().addr(), false, None, tune).await
     }
 
     /// Also listening on a Unix-domain socket in `socket_dir`.
     pub async fn start_with_unix_socket(policy_text: &str) -> TestGuard {
-        Self::start_full(policy_text, &cluster().addr(), true, None).await
+        Self::start_full(policy_text, &cluster().addr(), true, None, &|_| {}).await
     }
 
     /// With the switch state kept in database `state_db` of the test
@@ -79,6 +89,7 @@ impl TestGuard {
             &cluster().addr(),
             false,
             Some((state_db, instance)),
+            &|_| {},
         )
         .await
     }
@@ -88,6 +99,7 @@ impl TestGuard {
         upstream: &str,
         unix: bool,
         state: Option<(&str, &str)>,
+        tune: &(dyn Fn(&mut policy::Settings) + Sync),
     ) -> TestGuard {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
@@ -103,6 +115,7 @@ impl TestGuard {
             settings.state.instance = instance.to_string();
         }
         settings.proxy.max_message_bytes = 1 << 20;
+        tune(&mut settings);
         let audit_path = dir.path().join("audit.jsonl");
         settings.audit.file = audit_path.display().to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

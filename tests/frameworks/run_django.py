@@ -168,6 +168,42 @@ def main():
             return
         raise AssertionError(f"UPDATE of legacy table users went through ({n} row(s), rolled back); expected SQLSTATE 42501")
 
+    def bulk_create_and_update():
+        # Django's bulk statements (psycopg 3 binds client-side: every value
+        # inline): a multi-megabyte bulk_update is one CASE arm per row and
+        # field, plus an IN list of every id.
+        objs = Entitlement.objects.bulk_create(
+            [Entitlement(user_id=ctx["uid"], sku=f"BULK-{i}", status="ACTIVE") for i in range(30000)])
+        assert q("SELECT count(*) FROM entitlements WHERE sku LIKE 'BULK-%%'") == [(30000,)]
+        # PostgreSQL runs such a CASE in time quadratic in the rows: 4,000
+        # (~0.5 MB of SQL) keeps it to a second.
+        n = 4000
+        objs = objs[:n]
+        for i, e in enumerate(objs):
+            e.status = "REVOKED" if i % 2 else "ACTIVE"
+            e.sku = f"BULK-{i}-v2"
+        t0 = time.monotonic()
+        Entitlement.objects.bulk_update(objs, ["status", "sku"])
+        print(f"     bulk_update of {n} rows in {time.monotonic() - t0:.2f}s")
+        got = q("SELECT count(*), count(*) FILTER (WHERE status = 'REVOKED') FROM entitlements "
+                "WHERE sku LIKE 'BULK-%%-v2'")
+        assert got == [(n, n // 2)], f"bulk_update through the guard: {got}"
+
+    def legacy_bulk_update_refused():
+        users = list(User.objects.all())
+        for u in users:
+            u.email = f"bulk-{u.pk}@example.com"
+        try:
+            with transaction.atomic():
+                User.objects.bulk_update(users, ["email"])
+                transaction.set_rollback(True)
+        except ProgrammingError as exc:
+            state = sqlstate(exc)
+            if state != "42501":
+                raise AssertionError(f"bulk_update users refused with SQLSTATE {state}, expected 42501") from exc
+            return
+        raise AssertionError("bulk_update of legacy table users went through (rolled back); expected 42501")
+
     def check_zero():
         expect_tables(COMMERCE_TABLES, False)
         expect_tables(LEGACY_TABLES + BOOKKEEPING_TABLES, True)
@@ -181,9 +217,11 @@ def main():
         ("seed legacy rows (direct)", seed_legacy),
         ("entitlement insert via ORM", entitlement_insert),
         ("legacy reads via unmanaged models", legacy_reads),
+        ("bulk_create + bulk_update of 30,000 entitlements", bulk_create_and_update),
     ]
     if expect_guard:
         steps.append(("legacy UPDATE refused (42501)", legacy_update_refused))
+        steps.append(("legacy bulk_update refused (42501)", legacy_bulk_update_refused))
     steps += [
         ("migrate commerce zero", lambda: migrate("commerce", "zero")),
         ("check commerce tables gone", check_zero),
