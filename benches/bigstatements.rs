@@ -139,6 +139,18 @@ allow = ["read"]
                 .replace("'SKU-", "lower('SKU-")
                 .replace("', 'ACTIVE')", "'), 'ACTIVE')"),
         ),
+        // Django's bulk_update: a CASE arm per row, and an IN list.
+        ("UPDATE with CASE arms (bulk_update), 20,000 rows".into(), {
+            let arms: Vec<String> = (0..20_000)
+                .map(|i| format!("WHEN (\"entitlements\".\"id\" = {i}) THEN 'SKU-{i:08}'"))
+                .collect();
+            let ids: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+            format!(
+                "UPDATE \"entitlements\" SET \"sku\" = CASE {} ELSE NULL END WHERE \"entitlements\".\"id\" IN ({})",
+                arms.join(" "),
+                ids.join(", ")
+            )
+        }),
         // Over [proxy] max_statement_bytes: judged in pieces.
         (
             "INSERT VALUES, a different call per row, 200,000 rows".into(),

@@ -64,7 +64,7 @@ pub(crate) async fn server_to_client<R, W>(
     mut fatal: oneshot::Receiver<Bytes>,
     ready: Arc<Notify>,
     mut ticket: Option<crate::admission::Ticket>,
-    mut shutdown: tokio::sync::watch::Receiver<crate::guard::Shutdown>,
+    shutdown: tokio::sync::watch::Receiver<crate::guard::Shutdown>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -78,6 +78,10 @@ pub(crate) async fn server_to_client<R, W>(
     tokio::pin!(evicted);
     // Shutting down: the session ends once idle outside a transaction.
     let mut draining = false;
+    // One future for the next change of the shutdown state, kept across
+    // reads: a fresh `changed()` per batch would enter and leave the watch
+    // channel's waiter list on every reply the server sends.
+    let mut stop = Box::pin(next_shutdown_state(shutdown, crate::guard::Shutdown::Running));
     loop {
         if draining && closable(&state) {
             let _ = cw.write_all(&terminating()).await;
@@ -86,14 +90,14 @@ pub(crate) async fn server_to_client<R, W>(
         }
         tokio::select! {
             biased;
-            changed = shutdown.changed() => {
-                let now = *shutdown.borrow_and_update();
-                if changed.is_err() || now == crate::guard::Shutdown::Terminating {
+            (now, rx) = &mut stop => {
+                if now == crate::guard::Shutdown::Terminating {
                     let _ = cw.write_all(&terminating()).await;
                     let _ = cw.shutdown().await;
                     return;
                 }
                 draining = now == crate::guard::Shutdown::Draining;
+                stop = Box::pin(next_shutdown_state(rx, now));
                 continue;
             }
             // Until the server has authenticated the client, the admission
@@ -185,6 +189,26 @@ pub(crate) async fn server_to_client<R, W>(
                 return;
             }
             out.clear();
+        }
+    }
+}
+
+/// The shutdown state once it differs from `from` (Terminating if the guard
+/// dropped the channel), with the receiver to watch on with.
+async fn next_shutdown_state(
+    mut rx: tokio::sync::watch::Receiver<crate::guard::Shutdown>,
+    from: crate::guard::Shutdown,
+) -> (
+    crate::guard::Shutdown,
+    tokio::sync::watch::Receiver<crate::guard::Shutdown>,
+) {
+    loop {
+        if rx.changed().await.is_err() {
+            return (crate::guard::Shutdown::Terminating, rx);
+        }
+        let now = *rx.borrow_and_update();
+        if now != from {
+            return (now, rx);
         }
     }
 }
