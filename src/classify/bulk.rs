@@ -799,118 +799,100 @@ fn item(s: &[u8], i: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// What `sql` shortens to (None: nothing cut).
+    fn expect(sql: &str, want: Option<&str>) {
+        assert_eq!(shorten(sql).as_deref(), want, "{sql}");
+    }
+
     #[test]
     fn shortens_literal_lists_only() {
-        let s = |t: &str| shorten(t);
-        assert_eq!(
-            s("INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y''s'), (-3, E'\\\\'), (NULL, $1::text)").as_deref(),
-            Some("INSERT INTO t (a, b) VALUES (1, 'x')")
+        expect(
+            "INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y''s'), (-3, E'\\\\'), (NULL, $1::text)",
+            Some("INSERT INTO t (a, b) VALUES (1, 'x')"),
         );
-        assert_eq!(
-            s("SELECT * FROM t WHERE id IN (1, 2, 3) AND x NOT IN ('a','b')").as_deref(),
-            Some("SELECT * FROM t WHERE id IN (1) AND x NOT IN ('a')")
+        expect(
+            "SELECT * FROM t WHERE id IN (1, 2, 3) AND x NOT IN ('a','b')",
+            Some("SELECT * FROM t WHERE id IN (1) AND x NOT IN ('a')"),
         );
         // Rows of other shapes are kept, once per shape.
-        assert_eq!(
-            s("INSERT INTO t VALUES (1), (2), ((SELECT 1 FROM users)), (3), ((SELECT 1 FROM users))").as_deref(),
-            Some("INSERT INTO t VALUES (1), ((SELECT 1 FROM users))")
+        expect(
+            "INSERT INTO t VALUES (1), (2), ((SELECT 1 FROM users)), (3), ((SELECT 1 FROM users))",
+            Some("INSERT INTO t VALUES (1), ((SELECT 1 FROM users))"),
         );
-        assert_eq!(s("SELECT 1 WHERE a IN (SELECT id FROM users)"), None);
-        assert_eq!(s("SELECT 1 WHERE a IN (select 1, 2, 2)"), None);
-        assert_eq!(
-            s("INSERT INTO t VALUES (f(1)), (2)").as_deref(),
-            Some("INSERT INTO t VALUES (f(1))")
+        expect("SELECT 1 WHERE a IN (SELECT id FROM users)", None);
+        expect("SELECT 1 WHERE a IN (select 1, 2, 2)", None);
+        expect(
+            "INSERT INTO t VALUES (f(1)), (2)",
+            Some("INSERT INTO t VALUES (f(1))"),
         );
-        assert_eq!(s("INSERT INTO t VALUES (1 /* c */), (2)"), None);
-        assert_eq!(
-            s("INSERT INTO t VALUES (1::numeric(5,2)), (2::numeric(5,2))").as_deref(),
-            Some("INSERT INTO t VALUES (1::numeric(5,2))")
+        expect("INSERT INTO t VALUES (1 /* c */), (2)", None);
+        expect(
+            "INSERT INTO t VALUES (1::numeric(5,2)), (2::numeric(5,2))",
+            Some("INSERT INTO t VALUES (1::numeric(5,2))"),
         );
         // Inside strings and comments nothing is a list.
-        assert_eq!(s("SELECT 'VALUES (1), (2)' -- IN (1, 2)\n"), None);
-        assert_eq!(
-            s("INSERT INTO t VALUES ('2024-01-01'::timestamp with time zone), ('2025-01-01'::timestamp with time zone)").as_deref(),
-            Some("INSERT INTO t VALUES ('2024-01-01'::timestamp with time zone)")
-        );
+        expect("SELECT 'VALUES (1), (2)' -- IN (1, 2)\n", None);
+        expect("INSERT INTO t VALUES ('2024-01-01'::timestamp with time zone), ('2025-01-01'::timestamp with time zone)", Some("INSERT INTO t VALUES ('2024-01-01'::timestamp with time zone)"));
     }
 
     #[test]
     fn shapes_abstract_values_only() {
-        let s = |t: &str| shorten(t);
         // Values differ, calls and names do not: one row of each shape.
-        assert_eq!(
-            s("INSERT INTO t VALUES (1, 'a' || 'b', now()), (2, 'c' ||  'd', now()), (3, 'e' || 'f', clock_timestamp()), (4, E'g' || 'h', now())").as_deref(),
-            Some("INSERT INTO t VALUES (1, 'a' || 'b', now()), (3, 'e' || 'f', clock_timestamp())")
-        );
+        expect("INSERT INTO t VALUES (1, 'a' || 'b', now()), (2, 'c' ||  'd', now()), (3, 'e' || 'f', clock_timestamp()), (4, E'g' || 'h', now())", Some("INSERT INTO t VALUES (1, 'a' || 'b', now()), (3, 'e' || 'f', clock_timestamp())"));
         // A call's arguments are kept as written: nextval('a') and
         // nextval('b') write different sequences.
-        assert_eq!(
-            s("INSERT INTO t VALUES (nextval('a')), (nextval('b'))"),
-            None
-        );
-        assert_eq!(
-            s("INSERT INTO t VALUES (nextval('a')), (nextval('a'))").as_deref(),
-            Some("INSERT INTO t VALUES (nextval('a'))")
+        expect("INSERT INTO t VALUES (nextval('a')), (nextval('b'))", None);
+        expect(
+            "INSERT INTO t VALUES (nextval('a')), (nextval('a'))",
+            Some("INSERT INTO t VALUES (nextval('a'))"),
         );
         // So are a subquery's, and anything under a call.
-        assert_eq!(
-            s("INSERT INTO t VALUES ((SELECT 'a')), ((SELECT 'b'))"),
-            None
-        );
-        assert_eq!(s("INSERT INTO t VALUES (f((1))), (f((2)))"), None);
-        assert_eq!(s("INSERT INTO t VALUES (f ('x')), (f\n('y'))"), None);
+        expect("INSERT INTO t VALUES ((SELECT 'a')), ((SELECT 'b'))", None);
+        expect("INSERT INTO t VALUES (f((1))), (f((2)))", None);
+        expect("INSERT INTO t VALUES (f ('x')), (f\n('y'))", None);
         // Tuples in IN lists and ARRAY[...] elements.
-        assert_eq!(
-            s("SELECT 1 FROM t WHERE (a, b) IN ((1, 'x'), (2, 'y'), (3, lower('z')))").as_deref(),
-            Some("SELECT 1 FROM t WHERE (a, b) IN ((1, 'x'), (3, lower('z')))")
+        expect(
+            "SELECT 1 FROM t WHERE (a, b) IN ((1, 'x'), (2, 'y'), (3, lower('z')))",
+            Some("SELECT 1 FROM t WHERE (a, b) IN ((1, 'x'), (3, lower('z')))"),
         );
-        assert_eq!(
-            s("SELECT 1 FROM t WHERE a = ANY(ARRAY[1, 2, 3]) AND b = ANY (ARRAY['x'::text, 'y'::text])").as_deref(),
-            Some("SELECT 1 FROM t WHERE a = ANY(ARRAY[1]) AND b = ANY (ARRAY['x'::text])")
-        );
+        expect("SELECT 1 FROM t WHERE a = ANY(ARRAY[1, 2, 3]) AND b = ANY (ARRAY['x'::text, 'y'::text])", Some("SELECT 1 FROM t WHERE a = ANY(ARRAY[1]) AND b = ANY (ARRAY['x'::text])"));
         // What the shape reading does not follow ends the shortening.
-        assert_eq!(s("INSERT INTO t VALUES (1abc + 1), (2abc + 1)"), None);
-        assert_eq!(
-            s("INSERT INTO t VALUES (U&'a' || 'b'), (U&'c' || 'd')"),
-            None
-        );
-        assert_eq!(s("INSERT INTO t VALUES ($1x + 1), ($2x + 1)"), None);
-        assert_eq!(s("INSERT INTO t VALUES (1 + 1 -- c\n), (2 + 2)"), None);
+        expect("INSERT INTO t VALUES (1abc + 1), (2abc + 1)", None);
+        expect("INSERT INTO t VALUES (U&'a' || 'b'), (U&'c' || 'd')", None);
+        expect("INSERT INTO t VALUES ($1x + 1), ($2x + 1)", None);
+        expect("INSERT INTO t VALUES (1 + 1 -- c\n), (2 + 2)", None);
     }
 
     #[test]
     fn case_arms_are_a_list() {
-        let s = |t: &str| shorten(t);
         // Django's bulk_update: one arm per row, one shape.
-        assert_eq!(
-            s(r#"UPDATE "t" SET "f" = CASE WHEN ("t"."id" = 1) THEN 'a' WHEN ("t"."id" = 2) THEN 'b' WHEN ("t"."id" = 3) THEN nextval('s') ELSE NULL END WHERE "t"."id" IN (1, 2, 3)"#).as_deref(),
-            Some(r#"UPDATE "t" SET "f" = CASE WHEN ("t"."id" = 1) THEN 'a' WHEN ("t"."id" = 3) THEN nextval('s') ELSE NULL END WHERE "t"."id" IN (1)"#)
+        expect(
+            r#"UPDATE "t" SET "f" = CASE WHEN ("t"."id" = 1) THEN 'a' WHEN ("t"."id" = 2) THEN 'b' WHEN ("t"."id" = 3) THEN nextval('s') ELSE NULL END WHERE "t"."id" IN (1, 2, 3)"#,
+            Some(
+                r#"UPDATE "t" SET "f" = CASE WHEN ("t"."id" = 1) THEN 'a' WHEN ("t"."id" = 3) THEN nextval('s') ELSE NULL END WHERE "t"."id" IN (1)"#,
+            ),
         );
         // A simple CASE's operand; nested CASEs inside an arm.
-        assert_eq!(
-            s("SELECT CASE x WHEN 1 THEN 'a' WHEN 2 THEN CASE WHEN y THEN 1 END WHEN 3 THEN CASE WHEN y THEN 2 END END FROM t").as_deref(),
-            Some("SELECT CASE x WHEN 1 THEN 'a' WHEN 2 THEN CASE WHEN y THEN 1 END END FROM t")
-        );
+        expect("SELECT CASE x WHEN 1 THEN 'a' WHEN 2 THEN CASE WHEN y THEN 1 END WHEN 3 THEN CASE WHEN y THEN 2 END END FROM t", Some("SELECT CASE x WHEN 1 THEN 'a' WHEN 2 THEN CASE WHEN y THEN 1 END END FROM t"));
         // Arms whose calls differ are kept.
-        assert_eq!(
-            s("SELECT CASE WHEN a THEN nextval('a') WHEN b THEN nextval('b') END"),
-            None
+        expect(
+            "SELECT CASE WHEN a THEN nextval('a') WHEN b THEN nextval('b') END",
+            None,
         );
         // `WHEN (x)`: an expression in parentheses, not a call: its values
         // are values. `f (x)`: a call.
-        assert_eq!(
-            s("SELECT CASE WHEN (x = 1) THEN f (1) WHEN (x = 2) THEN f (2) END").as_deref(),
-            None
+        expect(
+            "SELECT CASE WHEN (x = 1) THEN f (1) WHEN (x = 2) THEN f (2) END",
+            None,
         );
-        assert_eq!(
-            s("SELECT CASE WHEN (x = 1) THEN 1 WHEN (x = 2) THEN 2 END").as_deref(),
-            Some("SELECT CASE WHEN (x = 1) THEN 1 END")
+        expect(
+            "SELECT CASE WHEN (x = 1) THEN 1 WHEN (x = 2) THEN 2 END",
+            Some("SELECT CASE WHEN (x = 1) THEN 1 END"),
         );
         // A comment ends the arms' shortening where it stands.
-        assert_eq!(
-            s("SELECT CASE WHEN a = 1 THEN 1 WHEN a = 2 THEN 2 /* c */ WHEN a = 3 THEN 3 END")
-                .as_deref(),
-            None
+        expect(
+            "SELECT CASE WHEN a = 1 THEN 1 WHEN a = 2 THEN 2 /* c */ WHEN a = 3 THEN 3 END",
+            None,
         );
     }
 

@@ -81,7 +81,10 @@ pub(crate) async fn server_to_client<R, W>(
     // One future for the next change of the shutdown state, kept across
     // reads: a fresh `changed()` per batch would enter and leave the watch
     // channel's waiter list on every reply the server sends.
-    let mut stop = Box::pin(next_shutdown_state(shutdown, crate::guard::Shutdown::Running));
+    let mut stop = Box::pin(next_shutdown_state(
+        shutdown,
+        crate::guard::Shutdown::Running,
+    ));
     loop {
         if draining && closable(&state) {
             let _ = cw.write_all(&terminating()).await;
