@@ -584,15 +584,8 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
                 let w = &s[i..k];
                 match (w, s.get(k)) {
                     // E'...', B'...', X'...', N'...': one literal.
-                    ([b'e' | b'E'], Some(b'\'')) => {
-                        let mut backslash = false;
-                        let e = reading::quoted(s, k + 1, true, &mut backslash)?;
-                        literal(out, &s[i..e], b'S', inside);
-                        i = e;
-                    }
-                    ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
-                        let mut backslash = false;
-                        let e = reading::quoted(s, k + 1, false, &mut backslash)?;
+                    ([b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
+                        let e = prefixed(s, i)?;
                         literal(out, &s[i..e], b'S', inside);
                         i = e;
                     }
@@ -631,6 +624,31 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
     }
 }
 
+/// The end of the literal whose prefix letter is at `i` (`E'...'`,
+/// `B'...'`, `X'...'`, `N'...'`), if the lexer accepts it whatever it
+/// holds; None for one whose value could make the whole statement fail to
+/// lex (an escape that must be followed by digits, or names a code point
+/// or byte, in `E'...'`; a digit out of range in a bit string), so that
+/// such a literal never stands in a shape for one that lexes.
+fn prefixed(s: &[u8], i: usize) -> Option<usize> {
+    let escape = matches!(s[i], b'e' | b'E');
+    let mut backslash = false;
+    let e = reading::quoted(s, i + 2, escape, &mut backslash)?;
+    let body = &s[i + 2..e - 1];
+    let ok = match s[i] {
+        b'e' | b'E' => {
+            !body
+                .windows(2)
+                .any(|w| w[0] == b'\\' && matches!(w[1], b'0'..=b'7' | b'x' | b'u' | b'U'))
+                || body.is_empty()
+        }
+        b'b' | b'B' => body.iter().all(|b| matches!(b, b'0' | b'1')),
+        b'x' | b'X' => body.iter().all(u8::is_ascii_hexdigit),
+        _ => true,
+    };
+    ok.then_some(e)
+}
+
 fn trim(out: &mut Vec<u8>) {
     if out.last() == Some(&b' ') {
         out.pop();
@@ -651,6 +669,9 @@ fn number(s: &[u8], i: usize) -> Option<usize> {
     let mut k;
     if s[i] == b'0' && matches!(s.get(i + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')) {
         k = digits(i + 2, u8::is_ascii_hexdigit);
+        if k == i + 2 {
+            return None;
+        }
     } else {
         k = digits(i, u8::is_ascii_digit);
         if s.get(k) == Some(&b'.') && s.get(k + 1) != Some(&b'.') {
@@ -723,21 +744,10 @@ fn item(s: &[u8], i: usize) -> Option<usize> {
     let c = *s.get(j)?;
     let mut dummy = false;
     j = match c {
-        b'0'..=b'9' | b'.' => {
-            let mut k = j;
-            while k < s.len()
-                && (ident_char(s[k])
-                    || s[k] == b'.'
-                    || (matches!(s[k], b'+' | b'-') && matches!(s[k - 1], b'e' | b'E')))
-            {
-                k += 1;
-            }
-            k
-        }
+        b'0'..=b'9' | b'.' => number(s, j)?,
         b'\'' => reading::quoted(s, j + 1, false, &mut dummy)?,
-        b'e' | b'E' if s.get(j + 1) == Some(&b'\'') => reading::quoted(s, j + 2, true, &mut dummy)?,
-        b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if s.get(j + 1) == Some(&b'\'') => {
-            reading::quoted(s, j + 2, false, &mut dummy)?
+        b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N' if s.get(j + 1) == Some(&b'\'') => {
+            prefixed(s, j)?
         }
         b'$' => {
             let mut k = j + 1;
@@ -765,7 +775,9 @@ fn item(s: &[u8], i: usize) -> Option<usize> {
         }
     };
     // Casts to plain type names: `::int`, `::timestamp with time zone`,
-    // `::text[]`, `::pg_catalog.int8` (no modifiers, no quoted names).
+    // `::text[]`, `::pg_catalog.int8` (no modifiers, no quoted names; more
+    // words only as the SQL standard's multi-word names have them, so that
+    // no other word passes for part of a type).
     loop {
         j = ws(s, j);
         if !(s.get(j) == Some(&b':') && s.get(j + 1) == Some(&b':')) {
@@ -773,19 +785,54 @@ fn item(s: &[u8], i: usize) -> Option<usize> {
         }
         j = ws(s, j + 2);
         let start = j;
+        // Each dotted part a name: it starts with a letter or `_`.
         loop {
-            while s.get(j).is_some_and(|b| ident_char(*b) || *b == b'.') {
+            if !s
+                .get(j)
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+            {
+                return None;
+            }
+            while s.get(j).is_some_and(|b| ident_char(*b)) {
                 j += 1;
             }
-            let k = ws(s, j);
-            if k > j && s.get(k).is_some_and(|b| b.is_ascii_alphabetic()) {
-                j = k;
-                continue;
+            if s.get(j) != Some(&b'.') {
+                break;
             }
-            break;
+            j += 1;
         }
-        if j == start {
-            return None;
+        // The standard's multi-word names, each after its own first word.
+        let first = s[start..j]
+            .rsplit(|b| *b == b'.')
+            .next()
+            .unwrap_or_default();
+        let is =
+            |w: &[u8], names: &[&str]| names.iter().any(|n| w.eq_ignore_ascii_case(n.as_bytes()));
+        let rest: &[&[&str]] = if is(first, &["timestamp", "time"]) {
+            &[&["with", "without"], &["time"], &["zone"]]
+        } else if is(first, &["character", "char", "bit"]) {
+            &[&["varying"]]
+        } else if is(first, &["double"]) {
+            &[&["precision"]]
+        } else {
+            &[]
+        };
+        let mut at = j;
+        let mut whole = true;
+        for names in rest {
+            let k = ws(s, at);
+            let mut e = k;
+            while s.get(e).is_some_and(|b| ident_char(*b)) {
+                e += 1;
+            }
+            if k == at || !is(&s[k..e], names) {
+                whole = false;
+                break;
+            }
+            at = e;
+        }
+        if whole {
+            j = at;
         }
         while s.get(j) == Some(&b'[') && s.get(j + 1) == Some(&b']') {
             j += 2;
@@ -955,13 +1002,37 @@ mod tests {
     }
 
     #[test]
+    fn only_standard_words_continue_a_type_name() {
+        expect(
+            "INSERT INTO t VALUES (1::double precision), (2::character varying), ('x'::time without time zone)",
+            Some("INSERT INTO t VALUES (1::double precision)"),
+        );
+        // Any other word after a type name is not part of it: the row is
+        // no literal (here a syntax error; `OR col` would be a column).
+        expect(
+            "INSERT INTO t VALUES (1::int), (2::timestamp with ELSE time zone), (3::bool OR x), (4::timestamp0x with time zone), (5::int varying), (6::1eint), (7::pg_catalog.), (8::a..b)",
+            None,
+        );
+    }
+
+    #[test]
+    fn literals_that_may_not_lex_are_not_values() {
+        // `\\u` needs four hex digits, `\\0` is a NUL: PostgreSQL refuses the
+        // whole text; a bit string holds only its digits.
+        expect(
+            "INSERT INTO t VALUES (E'a\\nb'), (E'\\\\ \\''), (E'\\q'), (E'x\\uzz'), (E'\\0'), (B'102'), (X'0g')",
+            Some("INSERT INTO t VALUES (E'a\\nb'), (E'x\\uzz'), (E'\\0'), (B'102'), (X'0g')"),
+        );
+    }
+
+    #[test]
     fn numbers_are_read_strictly() {
         for ok in [
             "1", "1.5", ".5", "1e-5", "1E+10", "1_000", "0x1F", "0o17", "0b101", "1.e3",
         ] {
             assert_eq!(number(ok.as_bytes(), 0), Some(ok.len()), "{ok}");
         }
-        for bad in ["1abc", "1.2.3", "1'x'", "1$", "12é"] {
+        for bad in ["1abc", "1.2.3", "1'x'", "1$", "12é", "0x", "0b "] {
             assert_eq!(number(bad.as_bytes(), 0), None, "{bad}");
         }
     }

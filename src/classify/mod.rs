@@ -223,8 +223,17 @@ fn merge(parts: impl Iterator<Item = Vec<StatementInfo>>) -> Vec<StatementInfo> 
 }
 
 fn merge_one(w: &mut StatementInfo, p: StatementInfo) -> bool {
-    if w.command != p.command || w.deallocates != p.deallocates {
+    if w.deallocates != p.deallocates {
         return false;
+    }
+    if w.command != p.command {
+        // A piece that could not be parsed (an element in it is junk)
+        // makes the statement unparsed; its reason, and whether it may
+        // write, are kept with the rest.
+        if w.command != "UNKNOWN" && p.command != "UNKNOWN" {
+            return false;
+        }
+        w.command = "UNKNOWN".to_owned();
     }
     for a in p.accesses {
         if !w.accesses.contains(&a) {
