@@ -34,18 +34,19 @@ pub const THRESHOLD: usize = 4096;
 /// module's invariant); None if nothing was removed or the text does not lex.
 pub fn shorten(sql: &str) -> Option<String> {
     let found = find(sql.as_bytes())?;
-    let cuts = found.cuts;
-    if cuts.is_empty() {
-        return None;
-    }
+    (!found.cuts.is_empty()).then(|| cut(sql, &found.cuts))
+}
+
+/// `sql` without the byte ranges `cuts` (in order, not overlapping).
+fn cut(sql: &str, cuts: &[(usize, usize)]) -> String {
     let mut out = String::with_capacity(sql.len() - cuts.iter().map(|(a, b)| b - a).sum::<usize>());
     let mut at = 0;
-    for (a, b) in cuts {
+    for &(a, b) in cuts {
         out.push_str(&sql[at..a]);
         at = b;
     }
     out.push_str(&sql[at..]);
-    Some(out)
+    out
 }
 
 /// Each literal (string, dollar-quoted string, quoted name) counts this
@@ -69,28 +70,12 @@ pub fn weight(s: &[u8]) -> usize {
                 // E'...': backslash escapes (the prefix is a lone e).
                 let escape = i > 0
                     && matches!(s[i - 1], b'e' | b'E')
-                    && (i < 2 || !(ident_char(s[i - 2]) || s[i - 2] >= 0x80 || s[i - 2] == b'$'));
+                    && (i < 2 || !reading::ident_cont(s[i - 2]));
                 reading::quoted(s, i + 1, escape, &mut backslash)
             }
-            b'"' => {
-                let mut k = i + 1;
-                loop {
-                    match s.get(k) {
-                        None => break None,
-                        Some(b'"') if s.get(k + 1) == Some(&b'"') => k += 2,
-                        Some(b'"') => break Some(k + 1),
-                        _ => k += 1,
-                    }
-                }
-            }
+            b'"' => reading::quoted_name(s, i),
             b'$' => match reading::dollar_tag(s, i) {
-                Some(tag_end) => {
-                    let tag = &s[i..tag_end];
-                    s[tag_end..]
-                        .windows(tag.len())
-                        .position(|w| w == tag)
-                        .map(|p| tag_end + p + tag.len())
-                }
+                Some(tag_end) => reading::dollar_quoted(s, i, tag_end),
                 None => {
                     w += 1;
                     i += 1;
@@ -98,45 +83,23 @@ pub fn weight(s: &[u8]) -> usize {
                 }
             },
             b'-' if next == Some(b'-') => {
-                let mut k = i;
-                while k < s.len() && s[k] != b'\n' && s[k] != b'\r' {
-                    k += 1;
-                }
                 w += 1;
-                i = k;
+                i = reading::line_comment(s, i);
                 continue;
             }
             b'/' if next == Some(b'*') => {
-                let mut depth = 1;
-                let mut k = i + 2;
-                while depth > 0 && k < s.len() {
-                    match (s[k], s.get(k + 1)) {
-                        (b'/', Some(b'*')) => {
-                            depth += 1;
-                            k += 2;
-                        }
-                        (b'*', Some(b'/')) => {
-                            depth -= 1;
-                            k += 2;
-                        }
-                        _ => k += 1,
-                    }
-                }
-                if depth > 0 {
+                let Some(end) = reading::block_comment(s, i) else {
                     return s.len();
-                }
+                };
                 w += 1;
-                i = k;
+                i = end;
                 continue;
             }
-            _ if ident_char(c) || c >= 0x80 => {
+            _ if reading::ident_cont(c) => {
                 // A word or number: `$` continues a word (`a$1`), not a
                 // literal.
                 let mut k = i;
-                while s
-                    .get(k)
-                    .is_some_and(|b| ident_char(*b) || *b >= 0x80 || *b == b'$')
-                {
+                while s.get(k).is_some_and(|b| reading::ident_cont(*b)) {
                     k += 1;
                 }
                 w += k - i;
@@ -178,17 +141,21 @@ pub fn pieces(sql: &str, max: usize) -> Option<Vec<String>> {
     let mut made = 0usize;
     let mut out = Vec::new();
     let mut todo = vec![sql.to_owned()];
-    while let Some(t) = todo.pop() {
+    while let Some(mut t) = todo.pop() {
         // Shortened first: what a piece keeps of each list is then one
         // element of each shape.
-        let t = shorten(&t).unwrap_or(t);
+        let mut found = find(t.as_bytes());
+        if let Some(f) = found.as_ref().filter(|f| !f.cuts.is_empty()) {
+            t = cut(&t, &f.cuts);
+            found = find(t.as_bytes());
+        }
         let w = weight(t.as_bytes());
         if w <= max {
             out.push(t);
             continue;
         }
         let s = t.as_bytes();
-        let found = find(s)?;
+        let found = found?;
         let (kind, list) = found
             .lists
             .iter()
@@ -380,9 +347,7 @@ impl List {
 fn word_at(s: &[u8], i: usize, w: &[u8]) -> bool {
     s.get(i..i + w.len())
         .is_some_and(|x| x.eq_ignore_ascii_case(w))
-        && !s
-            .get(i + w.len())
-            .is_some_and(|b| ident_char(*b) || *b == b'$' || *b >= 0x80)
+        && !s.get(i + w.len()).is_some_and(|b| reading::ident_cont(*b))
 }
 
 /// Walks the list whose first element starts at `first`, adding to `cuts`
@@ -537,23 +502,14 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
                 i = e;
             }
             b'"' => {
-                let mut k = i + 1;
-                loop {
-                    match s.get(k)? {
-                        b'"' if s.get(k + 1) == Some(&b'"') => k += 2,
-                        b'"' => break,
-                        _ => k += 1,
-                    }
-                }
-                out.extend_from_slice(&s[i..=k]);
-                i = k + 1;
+                let e = reading::quoted_name(s, i)?;
+                out.extend_from_slice(&s[i..e]);
+                i = e;
                 word = true;
             }
             b'$' => {
                 if let Some(tag_end) = reading::dollar_tag(s, i) {
-                    let tag = &s[i..tag_end];
-                    let p = s[tag_end..].windows(tag.len()).position(|w| w == tag)?;
-                    let e = tag_end + p + tag.len();
+                    let e = reading::dollar_quoted(s, i, tag_end)?;
                     literal(out, &s[i..e], b'S', inside);
                     i = e;
                 } else {
@@ -575,10 +531,7 @@ fn shape(s: &[u8], mut i: usize, list: List, out: &mut Vec<u8>) -> Option<usize>
             }
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let mut k = i;
-                while s
-                    .get(k)
-                    .is_some_and(|b| ident_char(*b) || *b == b'$' || *b >= 0x80)
-                {
+                while s.get(k).is_some_and(|b| reading::ident_cont(*b)) {
                     k += 1;
                 }
                 let w = &s[i..k];
@@ -689,7 +642,7 @@ fn number(s: &[u8], i: usize) -> Option<usize> {
     }
     let touching = s
         .get(k)
-        .is_some_and(|b| ident_char(*b) || *b >= 0x80 || matches!(b, b'.' | b'\'' | b'$'));
+        .is_some_and(|b| reading::ident_cont(*b) || matches!(b, b'.' | b'\''));
     (!touching).then_some(k)
 }
 

@@ -179,7 +179,11 @@ pub fn classify_limited(sql: &str, max_parsed: usize) -> Vec<StatementInfo> {
         .then(|| bulk::shorten(sql))
         .flatten();
     let text = short.as_deref().unwrap_or(sql);
-    if text.len() <= max_parsed || bulk::weight(text.as_bytes()) <= max_parsed {
+    if text.len() <= max_parsed {
+        return classify_text(text);
+    }
+    let weight = bulk::weight(text.as_bytes());
+    if weight <= max_parsed {
         return classify_text(text);
     }
     match bulk::pieces(text, max_parsed) {
@@ -187,8 +191,7 @@ pub fn classify_limited(sql: &str, max_parsed: usize) -> Vec<StatementInfo> {
         None => vec![unparsed(
             true,
             format!(
-                "statement too big to judge: it weighs {} bytes of SQL to parse (each literal counts 16), over [proxy] max_statement_bytes = {max_parsed}, and has no list that can be cut into parts that small",
-                bulk::weight(text.as_bytes())
+                "statement too big to judge: it weighs {weight} bytes of SQL to parse (each literal counts 16), over [proxy] max_statement_bytes = {max_parsed}, and has no list that can be cut into parts that small"
             ),
         )],
     }

@@ -174,7 +174,7 @@ fn ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
 
-fn ident_cont(b: u8) -> bool {
+pub(crate) fn ident_cont(b: u8) -> bool {
     ident_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
@@ -194,53 +194,24 @@ pub(crate) fn lex(s: &[u8], on_word: &mut dyn FnMut(usize, usize)) -> Lexed {
         let c = s[i];
         let next = s.get(i + 1).copied();
         match c {
-            b'-' if next == Some(b'-') => {
-                while i < s.len() && s[i] != b'\n' && s[i] != b'\r' {
-                    i += 1;
-                }
-            }
-            b'/' if next == Some(b'*') => {
-                let mut depth = 1;
-                i += 2;
-                while depth > 0 {
-                    match (s.get(i), s.get(i + 1)) {
-                        (None, _) => return Lexed::Unterminated,
-                        (Some(b'/'), Some(b'*')) => {
-                            depth += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            depth -= 1;
-                            i += 2;
-                        }
-                        _ => i += 1,
-                    }
-                }
-            }
+            b'-' if next == Some(b'-') => i = line_comment(s, i),
+            b'/' if next == Some(b'*') => match block_comment(s, i) {
+                Some(end) => i = end,
+                None => return Lexed::Unterminated,
+            },
             b'\'' => match quoted(s, i + 1, false, &mut backslash) {
                 Some(end) => i = end,
                 None => return Lexed::Unterminated,
             },
-            b'"' => {
-                i += 1;
-                loop {
-                    match s.get(i) {
-                        None => return Lexed::Unterminated,
-                        Some(b'"') if s.get(i + 1) == Some(&b'"') => i += 2,
-                        Some(b'"') => break,
-                        _ => i += 1,
-                    }
-                }
-                i += 1;
-            }
+            b'"' => match quoted_name(s, i) {
+                Some(end) => i = end,
+                None => return Lexed::Unterminated,
+            },
             b'$' => match dollar_tag(s, i) {
-                Some(tag_end) => {
-                    let tag = &s[i..tag_end];
-                    match s[tag_end..].windows(tag.len()).position(|w| w == tag) {
-                        Some(p) => i = tag_end + p + tag.len(),
-                        None => return Lexed::Unterminated,
-                    }
-                }
+                Some(tag_end) => match dollar_quoted(s, i, tag_end) {
+                    Some(end) => i = end,
+                    None => return Lexed::Unterminated,
+                },
                 // A parameter ($1) or a stray dollar.
                 None => {
                     i += 1;
@@ -288,6 +259,57 @@ pub(crate) fn lex(s: &[u8], on_word: &mut dyn FnMut(usize, usize)) -> Lexed {
     Lexed::Complete {
         off_reading_differs: backslash,
     }
+}
+
+/// The end of a `--` comment starting at `i`: the line break (or the
+/// text's end).
+pub(crate) fn line_comment(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && s[i] != b'\n' && s[i] != b'\r' {
+        i += 1;
+    }
+    i
+}
+
+/// The end (after its `*/`) of a `/* ... */` comment starting at `i`,
+/// nested comments included; None if the text ends inside it.
+pub(crate) fn block_comment(s: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 1;
+    i += 2;
+    while depth > 0 {
+        match (s.get(i)?, s.get(i + 1)) {
+            (b'/', Some(b'*')) => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', Some(b'/')) => {
+                depth -= 1;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    Some(i)
+}
+
+/// The end (after the closing quote) of a quoted name whose opening `"`
+/// is at `i` (`""` stands for a quote); None if the text ends inside it.
+pub(crate) fn quoted_name(s: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        match s.get(i)? {
+            b'"' if s.get(i + 1) == Some(&b'"') => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
+/// The end (after the closing tag) of a dollar-quoted string whose opening
+/// tag runs from `i` to `tag_end` ([`dollar_tag`]); None if never closed.
+pub(crate) fn dollar_quoted(s: &[u8], i: usize, tag_end: usize) -> Option<usize> {
+    let tag = &s[i..tag_end];
+    let p = s[tag_end..].windows(tag.len()).position(|w| w == tag)?;
+    Some(tag_end + p + tag.len())
 }
 
 /// The end (index after the closing quote) of a quoted string whose body
