@@ -236,6 +236,7 @@ impl Report {
             switches,
             catalog,
             search_path: None,
+            flux: &[],
         };
         let mut prepared: Vec<(String, StatementInfo)> = Vec::new();
         for st in classify::classify(sql) {

@@ -84,6 +84,7 @@ pub fn explain(
         switches: &positions,
         catalog,
         search_path: None,
+        flux: &[],
     };
     let statements = classify::classify(sql);
     // A PREPARE earlier in the text counts for an EXECUTE later in it, as

@@ -51,6 +51,7 @@ pub fn allowed(
         switches,
         catalog: Some(cat),
         search_path: None,
+        flux: &[],
     };
     let mut out: Option<Allowed> = None;
     for (zone, decided_by) in policy.zones_of_object(cat, id, 0) {

@@ -71,7 +71,8 @@ impl Upstream {
     }
 
     /// Opens one of the guard's own connections, within twice `timeout`.
-    /// Notifications (after a LISTEN) go to `on_notify(channel, payload)`;
+    /// Notifications (after a LISTEN) go to `on_notify(channel, payload)`, and
+    /// `on_notify("", "")` says the connection has ended;
     /// the connection lives as long as the client.
     pub async fn own_connection(
         &self,
@@ -101,6 +102,8 @@ impl Upstream {
                         on_notify(n.channel(), n.payload());
                     }
                 }
+                // The connection is gone: an empty channel says so.
+                on_notify("", "");
             });
             Ok::<_, OwnConnectionError>(client)
         };

@@ -293,6 +293,7 @@ allow = ["all"]
             switches: &switches,
             catalog: Some(&catalog),
             search_path: path.as_deref(),
+            flux: &[],
         };
         let st = classify(sql).remove(0);
         match policy.judge(&st, facts, &|_| Vec::new()) {

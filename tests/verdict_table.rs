@@ -20,6 +20,7 @@ fn verdict(p: &Policy, role: &str, switches: &BTreeMap<String, bool>, sql: &str)
         switches,
         catalog: None,
         search_path: None,
+        flux: &[],
     };
     for st in classify(sql) {
         if let Verdict::Deny(d) = p.judge(&st, facts, &|_| Vec::new()) {

@@ -49,9 +49,10 @@ pub async fn load(
     read_catalog(&client, timeout).await
 }
 
-/// Connects as the catalog role and listens on [`NOTIFY_CHANNEL`], calling
-/// `on_notify` for each notification. The connection lives as long as the
-/// client.
+/// Connects as the catalog role and listens on [`NOTIFY_CHANNEL`] (the
+/// event trigger of earlier versions), calling `on_notify` for each
+/// notification and once more when the connection is lost (notifications
+/// sent meanwhile are gone). The connection lives as long as the client.
 pub async fn connect(
     upstream: &crate::upstream::Upstream,
     settings: &CatalogSettings,
@@ -67,7 +68,8 @@ pub async fn connect(
     };
     let client = upstream
         .own_connection(&login, timeout, move |channel, _| {
-            if channel == NOTIFY_CHANNEL {
+            // "": the connection ended (see `Upstream::own_connection`).
+            if channel == NOTIFY_CHANNEL || channel.is_empty() {
                 on_notify();
             }
         })
@@ -230,8 +232,49 @@ async fn read(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
         o.owner = by_oid.get(&r.get::<_, i64>(2)).copied();
         objects.push(o);
     }
+    // Column defaults that call nextval() on a sequence another table owns
+    // (a table's own serial sequences are in its zone anyway).
+    for (table, seq) in pairs(
+        client
+            .query(
+                "SELECT DISTINCT a.adrelid::int8, d.refobjid::int8 FROM pg_attrdef a \
+                 JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = a.oid \
+                 AND d.refclassid = 'pg_class'::regclass \
+                 JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'",
+                &[],
+            )
+            .await?,
+    ) {
+        if objects[seq as usize].owner != Some(table) {
+            objects[table as usize].uses.push(seq);
+        }
+    }
+    let oid: i64 = client
+        .query_one(
+            "SELECT oid::int8 FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .get(0);
+    // The change log's counter, in the same snapshot as the catalog.
+    let has_log: bool = client
+        .query_one(
+            "SELECT to_regclass('zoneguard.catalog_changes') IS NOT NULL \
+             AND has_table_privilege('zoneguard.catalog_changes', 'SELECT')",
+            &[],
+        )
+        .await?
+        .get(0);
+    let changes = if has_log {
+        Some(client.query_one(super::CHANGES_SQL, &[]).await?.get(0))
+    } else {
+        None
+    };
     client.batch_execute("COMMIT").await?;
-    Ok(Catalog::new(objects))
+    let mut catalog = Catalog::new(objects);
+    catalog.database_oid = oid as u32;
+    catalog.changes = changes;
+    Ok(catalog)
 }
 
 fn object(schema: &str, name: &str, kind: Kind) -> Object {

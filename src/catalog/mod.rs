@@ -29,6 +29,7 @@
 //! This module is pure data and lookups; `load` reads it from PostgreSQL and
 //! `store` keeps it current.
 
+pub mod flux;
 mod load;
 mod store;
 
@@ -40,22 +41,45 @@ pub use store::{CatalogStore, DatabaseCatalog};
 
 use crate::classify::{Op, RelationName, TableAccess};
 
-/// An event trigger that notifies the guard's catalog connections when DDL
-/// ends, so the catalog is reloaded at once wherever the DDL came from
-/// (printed by `zoneguard catalog-trigger`; event triggers need a
-/// superuser). Notifications are delivered when the transaction commits.
+/// The change log: an event trigger that records every DDL command in
+/// `zoneguard.catalog_changes`, so the guard's catalog connection sees a
+/// new row once (and only once) the DDL has committed, from wherever it
+/// came (printed by `zoneguard catalog-trigger`; event triggers need a
+/// superuser). An INSERT, unlike NOTIFY, can be prepared: two-phase commit
+/// of DDL works with it installed. Old rows are trimmed now and then,
+/// skipping rows other transactions hold, so DDL never waits on DDL.
 pub const TRIGGER_SQL: &str = "\
--- zoneguard: tell the guard when DDL changes the catalog.
-CREATE OR REPLACE FUNCTION public.zoneguard_catalog_changed() RETURNS event_trigger
-LANGUAGE plpgsql AS $$
+-- zoneguard: record DDL so the guard re-reads the catalog once it commits.
+CREATE SCHEMA IF NOT EXISTS zoneguard;
+CREATE TABLE IF NOT EXISTS zoneguard.catalog_changes (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now()
+);
+GRANT USAGE ON SCHEMA zoneguard TO PUBLIC;
+GRANT SELECT ON zoneguard.catalog_changes TO PUBLIC;
+CREATE OR REPLACE FUNCTION zoneguard.catalog_changed() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    n bigint;
 BEGIN
-    PERFORM pg_notify('zoneguard_catalog', '');
+    INSERT INTO zoneguard.catalog_changes DEFAULT VALUES RETURNING id INTO n;
+    IF n % 1000 = 0 THEN
+        DELETE FROM zoneguard.catalog_changes WHERE id IN (
+            SELECT id FROM zoneguard.catalog_changes WHERE id < n - 100
+            FOR UPDATE SKIP LOCKED);
+    END IF;
 END
 $$;
+REVOKE ALL ON FUNCTION zoneguard.catalog_changed() FROM PUBLIC;
 DROP EVENT TRIGGER IF EXISTS zoneguard_catalog_changed;
 CREATE EVENT TRIGGER zoneguard_catalog_changed ON ddl_command_end
-    EXECUTE FUNCTION public.zoneguard_catalog_changed();
+    EXECUTE FUNCTION zoneguard.catalog_changed();
+-- The NOTIFY of earlier versions could not be prepared (PREPARE TRANSACTION).
+DROP FUNCTION IF EXISTS public.zoneguard_catalog_changed();
 ";
+
+/// The change log's counter, as the guard reads it.
+pub const CHANGES_SQL: &str = "SELECT coalesce(max(id), 0)::int8 FROM zoneguard.catalog_changes";
 
 /// What kind of object a name denotes (`pg_class.relkind`, and extended
 /// statistics, which have a namespace of their own).
@@ -130,6 +154,9 @@ pub struct Object {
     /// Rules other than a view's `_RETURN`: the event they fire on (insert,
     /// update, delete) and what their actions access.
     pub rules: Vec<(Op, Vec<TableAccess>)>,
+    /// Sequences of other tables that its column defaults call (nextval):
+    /// a row written here burns their ids.
+    pub uses: Vec<ObjectId>,
 }
 
 impl Object {
@@ -151,6 +178,7 @@ impl Object {
             referenced_by: Vec::new(),
             read_by: Vec::new(),
             rules: Vec::new(),
+            uses: Vec::new(),
         }
     }
 }
@@ -165,6 +193,13 @@ pub struct Catalog {
     pub version: u64,
     /// How long the load took.
     pub loaded_in: Duration,
+    /// The database's OID: a database dropped and made again under the same
+    /// name is another database (`store` reloads when it changes).
+    pub database_oid: u32,
+    /// The change log's counter in the load's snapshot (None: no change
+    /// log in this database, so only the guard's own DDL and the periodic
+    /// reload keep the catalog current).
+    pub changes: Option<i64>,
 }
 
 /// A search_path value as the server reports it (`"$user", public`):
@@ -234,6 +269,8 @@ impl Catalog {
             by_name,
             version: 0,
             loaded_in: Duration::ZERO,
+            database_oid: 0,
+            changes: None,
         }
     }
 

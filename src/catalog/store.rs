@@ -7,12 +7,16 @@
 //! in the database, DDL from anywhere notifies the guard's connection, and
 //! the catalog is reloaded at once.
 //!
-//! Staleness: between a change made outside this guard (another guard, a
-//! direct connection, a DBA) and the next reload, the catalog may not know a
-//! new object, which is then judged by its name as written (conservatively),
-//! or may still hold a dropped one. DDL through this guard triggers a reload
-//! when its transaction ends, and the session that ran it waits for that
-//! reload before its next statement is judged.
+//! No lag (docs/catalog.md): a reload that must be in force before the
+//! next statement is *required*: after DDL through the guard has ended its
+//! transaction (for every session of the database, not only the one that
+//! ran it), when the change log moved, and when the catalog connection was
+//! lost (notifications or changes may have been missed). Every session
+//! waits for a required reload before judging, at most the connect timeout,
+//! and then refuses rather than judge on the old catalog. A required reload
+//! that fails (a concurrent DROP makes `pg_get_ruledef` fail) is retried at
+//! once. Until a session's DDL has ended, its names are in flux
+//! (`catalog::flux`), for it and for every other session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +26,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
+use super::flux::{EntryState, FluxEntry, FluxName};
 use super::Catalog;
 use crate::policy::CatalogSettings;
 
@@ -46,6 +51,14 @@ pub struct DatabaseCatalog {
     /// after it was asked for and has finished (successfully or not).
     requested: AtomicU64,
     done: watch::Sender<u64>,
+    /// The ticket of the last load that succeeded.
+    loaded: AtomicU64,
+    /// The newest ticket every session must see loaded before it judges.
+    required: AtomicU64,
+    /// The sessions whose DDL has put names in flux, and a counter that
+    /// moves with every change to them (part of each session's epoch).
+    flux: Mutex<Vec<Arc<FluxEntry>>>,
+    flux_version: AtomicU64,
     wake: Arc<Notify>,
     /// The last load's error, for the console.
     pub last_error: Mutex<Option<String>>,
@@ -84,6 +97,10 @@ impl CatalogStore {
             version: AtomicU64::new(0),
             requested: AtomicU64::new(1),
             done: watch::channel(0).0,
+            loaded: AtomicU64::new(0),
+            required: AtomicU64::new(0),
+            flux: Mutex::new(Vec::new()),
+            flux_version: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             last_error: Mutex::new(None),
         });
@@ -143,11 +160,101 @@ impl DatabaseCatalog {
     pub async fn wait_first(&self, timeout: Duration) {
         self.wait_for(1, timeout).await
     }
+
+    /// Makes the load of `ticket` required: no session judges before it
+    /// has landed.
+    pub fn require(&self, ticket: u64) {
+        self.required.fetch_max(ticket, Ordering::AcqRel);
+    }
+
+    /// Asks for a reload and requires it.
+    pub fn require_reload(&self) -> u64 {
+        let t = self.request_reload();
+        self.require(t);
+        t
+    }
+
+    /// The required ticket that has not been loaded yet, if any. Two atomic
+    /// loads: this runs before every judgement.
+    pub fn outstanding(&self) -> Option<u64> {
+        let r = self.required.load(Ordering::Acquire);
+        (r > self.loaded.load(Ordering::Acquire)).then_some(r)
+    }
+
+    /// Whether the load of `ticket` (or a later one) has succeeded.
+    pub fn loaded(&self, ticket: u64) -> bool {
+        self.loaded.load(Ordering::Acquire) >= ticket
+    }
+
+    /// Waits until the load of `ticket` has succeeded, at most `timeout`;
+    /// false if it has not by then.
+    pub async fn wait_loaded(&self, ticket: u64, timeout: Duration) -> bool {
+        let mut rx = self.done.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|_| self.loaded(ticket))).await;
+        self.loaded(ticket)
+    }
+
+    /// The counter that moves whenever names enter or leave flux.
+    pub fn flux_version(&self) -> u64 {
+        self.flux_version.load(Ordering::Acquire)
+    }
+
+    /// Registers a session's entry (once), or notes that its names changed.
+    pub fn flux_changed(&self, entry: &Arc<FluxEntry>) {
+        let mut all = self.flux.lock().unwrap();
+        if !all.iter().any(|e| Arc::ptr_eq(e, entry)) {
+            all.push(entry.clone());
+        }
+        self.flux_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A session's entry is gone (the session ended). If its DDL may have
+    /// committed unseen (the client vanished during COMMIT), the reload is
+    /// required.
+    pub fn flux_gone(&self, entry: &Arc<FluxEntry>) {
+        let st = std::mem::take(&mut *entry.state.lock().unwrap());
+        self.flux.lock().unwrap().retain(|e| !Arc::ptr_eq(e, entry));
+        if !st.names.is_empty() && !self.loaded(st.ended.max(1)) {
+            self.require_reload();
+        }
+        self.flux_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The DDL of a session's entry has ended its transaction; the reload
+    /// asked for is `ticket`, and it is required first, so that no session
+    /// stops counting the names before it must wait for the reload.
+    pub fn flux_ended(&self, entry: &FluxEntry, ticket: u64) {
+        self.require(ticket);
+        let mut st = entry.state.lock().unwrap();
+        if !st.names.is_empty() {
+            st.ended = ticket;
+        }
+        drop(st);
+        self.flux_version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The names that other sessions' open DDL has in flux (marked as not
+    /// this session's own).
+    pub fn others_in_flux(&self, own: Option<&Arc<FluxEntry>>, out: &mut Vec<FluxName>) {
+        for e in self.flux.lock().unwrap().iter() {
+            if own.is_some_and(|o| Arc::ptr_eq(o, e)) {
+                continue;
+            }
+            let st: &EntryState = &e.state.lock().unwrap();
+            if st.ended == 0 {
+                out.extend(st.names.iter().cloned().map(|mut f| {
+                    f.own = false;
+                    f
+                }));
+            }
+        }
+    }
 }
 
 /// Loads the catalog when asked and every `refresh_secs`, over one
-/// connection that also listens for the event trigger's notifications,
-/// until the database's entry (and so the guard) is gone.
+/// connection that also reads the change log's counter every `poll_ms`
+/// (and listens for the notifications of earlier event triggers), until
+/// the database's entry (and so the guard) is gone.
 async fn reloader(
     db: Weak<DatabaseCatalog>,
     wake: Arc<Notify>,
@@ -156,16 +263,20 @@ async fn reloader(
     timeout: Duration,
 ) {
     let period = Duration::from_secs(settings.refresh_secs.max(1));
+    let poll_every = Duration::from_millis(settings.poll_ms.max(10));
     let mut client: Option<tokio_postgres::Client> = None;
     let mut failures: u32 = 0;
+    let mut oid = 0u32;
     loop {
         let Some(this) = db.upgrade() else { return };
         let ticket = this.requested.load(Ordering::Acquire);
         if client.as_ref().is_none_or(|c| c.is_closed()) {
             let weak = db.clone();
+            // A notification, or the connection's end: what was missed
+            // meanwhile must be read before anyone judges again.
             let on_notify = move || {
                 if let Some(db) = weak.upgrade() {
-                    db.request_reload();
+                    db.require_reload();
                 }
             };
             client = match super::connect(&upstream, &settings, &this.database, timeout, on_notify)
@@ -190,9 +301,14 @@ async fn reloader(
                         ms = catalog.loaded_in.as_millis() as u64,
                         "catalog loaded"
                     );
+                    if oid != 0 && catalog.database_oid != oid {
+                        tracing::info!(database = ?this.database, "the database was dropped and made again: its new catalog is in force");
+                    }
+                    oid = catalog.database_oid;
                     let version = catalog.version;
                     this.current.store(Some(Arc::new(catalog)));
                     this.version.store(version, Ordering::Release);
+                    this.loaded.fetch_max(ticket, Ordering::AcqRel);
                     if this.last_error.lock().unwrap().take().is_some() {
                         tracing::info!(database = ?this.database, "catalog readable again");
                     }
@@ -207,7 +323,7 @@ async fn reloader(
         // A catalog that cannot be read is retried soon, then less and less
         // often (5 s, 10 s, 20 s, ... up to the period): a missing role
         // should not fill the server's log.
-        let wait = if client.is_none() {
+        let mut wait = if client.is_none() {
             failures += 1;
             period.min(Duration::from_secs(5 << failures.min(4).saturating_sub(1)))
         } else {
@@ -216,18 +332,49 @@ async fn reloader(
         };
         // A reload asked for while this one ran goes again soon: after
         // MIN_GAP, so that a flood of notifications (anyone may NOTIFY the
-        // channel) costs the server at most one catalog read per gap.
-        if this.requested.load(Ordering::Acquire) != ticket {
+        // channel) costs the server at most one catalog read per gap. So
+        // does a required reload that failed (a concurrent DROP): sessions
+        // are waiting for it.
+        if this.requested.load(Ordering::Acquire) != ticket
+            || this.outstanding().is_some() && failures < 20
+        {
             drop(this);
             tokio::time::sleep(MIN_GAP).await;
             continue;
         }
+        let seen = this
+            .current()
+            .filter(|_| client.is_some())
+            .and_then(|c| c.changes);
         drop(this);
         // Only the Notify is held while waiting: a guard that is gone wakes
         // its reloaders (CatalogStore's Drop), and they end.
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = wake.notified() => {}
+        loop {
+            let step = match seen {
+                Some(_) => poll_every.min(wait),
+                None => wait,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = wake.notified() => break,
+            }
+            wait = wait.saturating_sub(step);
+            if wait.is_zero() {
+                break;
+            }
+            let (Some(seen), Some(c)) = (seen, &client) else {
+                continue;
+            };
+            let read = tokio::time::timeout(timeout, c.query_one(super::CHANGES_SQL, &[])).await;
+            let Some(this) = db.upgrade() else { return };
+            match read {
+                Ok(Ok(row)) if row.get::<_, i64>(0) == seen => continue,
+                Ok(Ok(_)) => {}
+                // The log is gone, or the connection: read everything again.
+                _ => client = None,
+            }
+            this.require_reload();
+            break;
         }
     }
 }

@@ -4,12 +4,17 @@
 use std::collections::BTreeMap;
 
 use super::{Policy, UNLISTED_ZONE};
+use crate::catalog::flux::{self, Change, FluxName};
 use crate::catalog::{self, Catalog, ObjectId};
 use crate::classify::{Op, RelationName, Special, StatementInfo, TableAccess};
 
 /// SQLSTATE of every policy rejection: insufficient_privilege, what
 /// PostgreSQL itself raises for a write without the privilege.
 pub const SQLSTATE_REJECTED: &str = "42501";
+
+/// SQLSTATE of a refusal because a name is in flux (`catalog::flux`):
+/// object_in_use, as when DDL holds the object.
+pub const SQLSTATE_IN_FLUX: &str = "55006";
 
 /// Who is asking, how the switches stand, and what the names denote.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +28,10 @@ pub struct Facts<'a> {
     /// nothing that could have changed it since is still running; None: an
     /// unqualified name counts in every schema that has it.
     pub search_path: Option<&'a [String]>,
+    /// Names that DDL the guard let through has changed and the catalog
+    /// does not show yet (`catalog::flux`): judged as written too, and, if
+    /// they may now reach what the guard cannot see, not written at all.
+    pub flux: &'a [FluxName],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +89,30 @@ impl Policy {
         // Invariant: a shadowed (only recorded) denial never hides an
         // enforced one: judging goes on past it, and an enforced denial wins.
         let mut worst = Worst::default();
+        // A partition or inheritance child being created is in its parents'
+        // zone unless listed itself, from this statement on.
+        let children: Vec<FluxName>;
+        let facts = if stmt.accesses.iter().any(|a| {
+            a.op == Op::Ddl
+                && (a.operation.ends_with("PARTITION OF") || a.operation.ends_with("INHERITS"))
+        }) {
+            children = facts
+                .flux
+                .iter()
+                .cloned()
+                .chain(
+                    flux::changes(stmt)
+                        .into_iter()
+                        .filter(|f| !f.parents.is_empty()),
+                )
+                .collect();
+            Facts {
+                flux: &children,
+                ..facts
+            }
+        } else {
+            facts
+        };
         for access in &stmt.accesses {
             if let Some(denial) = worst.take(self.judge_access(access, facts, 0)) {
                 return Verdict::Deny(Box::new(denial));
@@ -176,28 +209,40 @@ impl Policy {
     }
 
     /// Judges one access: as the objects its name denotes when the catalog
-    /// knows the name, else as the name is written.
+    /// knows the name, else as the name is written; a name in flux both
+    /// ways (and a write to one that may reach what the guard cannot see
+    /// yet is refused).
     fn judge_access(&self, access: &TableAccess, facts: Facts<'_>, depth: usize) -> Option<Denial> {
+        let changed = flux::lookup(facts.flux, &access.table);
+        if let Some(d) = changed.and_then(|f| self.flux_denial(access, &access.table, f, facts)) {
+            return Some(d);
+        }
         let candidates = match (facts.catalog, facts.search_path) {
             (Some(c), Some(path)) => c.candidates_on_path(&access.table, path),
             (Some(c), None) => c.candidates(&access.table),
             (None, _) => Vec::new(),
         };
-        let (Some(cat), false) = (facts.catalog, candidates.is_empty()) else {
-            let mut worst = Worst::default();
-            for zone in self.zones_of(&access.table) {
-                let d = self.judge_in_zone(access, &access.table, None, zone, &access.table, facts);
-                if let Some(d) = worst.take(d) {
-                    return Some(d);
-                }
+        let mut worst = Worst::default();
+        if candidates.is_empty() || changed.is_some() {
+            let d = self.judge_as_written(access, changed, facts, depth);
+            if let Some(d) = worst.take(d) {
+                return Some(d);
             }
+        }
+        let Some(cat) = facts.catalog else {
             return worst.finish();
         };
-        let mut worst = Worst::default();
         for id in candidates {
             let cascade = access.op == Op::Ddl && access.operation.ends_with("CASCADE");
             for reached in cat.reach(id, access.op, cascade) {
                 let object = cat.object(reached);
+                if reached != id {
+                    if let Some(d) = flux::lookup(facts.flux, &object.name)
+                        .and_then(|f| self.flux_denial(access, &object.name, f, facts))
+                    {
+                        return Some(d);
+                    }
+                }
                 // A write or lock through a view the policy does not list is
                 // judged on what the view reads (reached next), not on the
                 // view's own `unlisted` zone; a view that reads no relation
@@ -228,6 +273,26 @@ impl Policy {
                         return Some(d);
                     }
                 }
+                // A row written takes its columns' defaults: a default that
+                // calls nextval() on another table's sequence burns that
+                // table's ids (`CREATE TABLE t (LIKE users INCLUDING
+                // DEFAULTS)`).
+                if matches!(access.op, Op::Insert | Op::Update) && depth < catalog::MAX_DEPTH {
+                    for &seq in &object.uses {
+                        let a = TableAccess {
+                            op: Op::Insert,
+                            table: cat.object(seq).name.clone(),
+                            operation: format!(
+                                "{} (nextval in a column default)",
+                                access.operation
+                            ),
+                            origin: access.origin,
+                        };
+                        if let Some(d) = worst.take(self.judge_access(&a, facts, depth + 1)) {
+                            return Some(d);
+                        }
+                    }
+                }
                 // A write to a relation with rules also runs their actions.
                 if depth < catalog::MAX_DEPTH {
                     for (event, actions) in &object.rules {
@@ -244,6 +309,83 @@ impl Policy {
             }
         }
         worst.finish()
+    }
+
+    /// Judges `access` by its name as written: the zones that name is in, or,
+    /// for a partition or inheritance child in flux that no zone lists, its
+    /// parents' (as the catalog will place it once re-read).
+    fn judge_as_written(
+        &self,
+        access: &TableAccess,
+        changed: Option<&FluxName>,
+        facts: Facts<'_>,
+        depth: usize,
+    ) -> Option<Denial> {
+        let mut worst = Worst::default();
+        let zones = self.zones_of(&access.table);
+        if let Some(f) = changed.filter(|f| !f.parents.is_empty()) {
+            if zones == [UNLISTED_ZONE] && depth < catalog::MAX_DEPTH {
+                for p in &f.parents {
+                    let a = TableAccess {
+                        table: p.clone(),
+                        ..access.clone()
+                    };
+                    if let Some(d) = worst.take(self.judge_access(&a, facts, depth + 1)) {
+                        return Some(d);
+                    }
+                }
+                return worst.finish();
+            }
+        }
+        for zone in zones {
+            let d = self.judge_in_zone(access, &access.table, None, zone, &access.table, facts);
+            if let Some(d) = worst.take(d) {
+                return Some(d);
+            }
+        }
+        worst.finish()
+    }
+
+    /// A write, row lock or function acting on a name that DDL has made
+    /// reach what the guard cannot derive (a view, a rule, a rename's
+    /// target, ...) is refused until the catalog shows what it reaches.
+    fn flux_denial(
+        &self,
+        access: &TableAccess,
+        shown: &RelationName,
+        f: &FluxName,
+        facts: Facts<'_>,
+    ) -> Option<Denial> {
+        if f.change != Change::Opaque || matches!(access.op, Op::Read | Op::Ddl | Op::Reference) {
+            return None;
+        }
+        let (message, hint) = if f.own {
+            (
+                format!(
+                    "{} on {shown} is not allowed yet: {} earlier in this session changed what it reaches, and zoneguard judges writes through it once that change has committed and the guard has re-read the catalog",
+                    access.operation, f.operation
+                ),
+                "Commit the DDL first (its own transaction, as migration tools do), then run the statement again.",
+            )
+        } else {
+            (
+                format!(
+                    "{} on {shown} is not allowed yet: another session's {} that has not committed changes what it reaches",
+                    access.operation, f.operation
+                ),
+                "Run the statement again once that transaction has ended.",
+            )
+        };
+        Some(Denial {
+            operation: access.operation.clone(),
+            table: Some(shown.to_string()),
+            zone: None,
+            rule: "catalog_flux".into(),
+            sqlstate: SQLSTATE_IN_FLUX,
+            message,
+            hint: hint.into(),
+            shadow: self.shadowed(facts.role, None),
+        })
     }
 
     /// `DROP SCHEMA s CASCADE` drops every relation in `s`: judged as DDL on

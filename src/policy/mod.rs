@@ -313,6 +313,10 @@ pub struct CatalogSettings {
     /// Reload every so many seconds (DDL through the guard, and the console's
     /// RELOAD CATALOG, reload at once).
     pub refresh_secs: u64,
+    /// With the change log that `zoneguard catalog-trigger` installs, read
+    /// its counter this often (milliseconds) and reload when it moved: DDL
+    /// made outside the guard is in force within this (plus a load).
+    pub poll_ms: u64,
     /// Most databases whose catalogs are kept; sessions of others are judged
     /// by names as written.
     pub max_databases: usize,
@@ -325,6 +329,7 @@ impl Default for CatalogSettings {
             user: "zoneguard_catalog".into(),
             password: String::new(),
             refresh_secs: 60,
+            poll_ms: 100,
             max_databases: 64,
         }
     }

@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, Notify};
 use super::state::{PendingOp, Prepared, SessionState};
 use super::ClientEnd;
 use crate::audit::{self, AuditRecord, SessionInfo};
+use crate::catalog::flux::{self, FluxEntry, FluxName};
 use crate::classify::{reading, Deallocate, Special, StatementInfo};
 use crate::guard::{Guard, Runtime};
 use crate::policy::{Denial, Facts, Verdict};
@@ -91,17 +92,34 @@ pub(crate) struct ClientSide {
     /// Portals bound to a statement that prepares or deallocates (SQL
     /// PREPARE sent through the extended protocol): what their Execute does.
     portal_effects: HashMap<Vec<u8>, Vec<Effect>>,
+    /// This session's names in flux, shared with the database's other
+    /// sessions (created at its first DDL; see `catalog::flux`).
+    flux_entry: Option<Arc<FluxEntry>>,
+    /// The names in flux the session's statements are judged under: its
+    /// own and other sessions' open DDL's.
+    flux_view: Vec<FluxName>,
+    /// The database's flux counter `flux_view` was built at.
+    flux_seen: u64,
+    /// Moves whenever `flux_view` changes (part of the epoch).
+    flux_gen: u64,
+    /// Portals bound and not yet run to completion, with the policy
+    /// generation (switch positions) they were judged under: an Execute
+    /// after a flip judges them again.
+    bound: Vec<BoundPortal>,
+    /// A portal was bound since the last Sync (so it is alive although the
+    /// server owes nothing).
+    bound_in_batch: bool,
+    /// A required catalog reload did not land in time: statements are
+    /// refused with this until it does (never judged on the old catalog).
+    catalog_refusal: Option<Denial>,
 }
 
-/// Whether statements change what names denote (DDL on relations, or on
-/// schemas and other objects), so the catalog is reloaded after them.
-fn changes_catalog(statements: &[StatementInfo]) -> bool {
-    statements.iter().any(|s| {
-        s.accesses.iter().any(|a| a.op == crate::classify::Op::Ddl)
-            || s.specials
-                .iter()
-                .any(|sp| matches!(sp, Special::OtherDdl { .. }))
-    })
+impl Drop for ClientSide {
+    fn drop(&mut self) {
+        if let (Some(db), Some(e)) = (&self.db, &self.flux_entry) {
+            db.flux_gone(e);
+        }
+    }
 }
 
 /// How many allowed classifications a session remembers.
@@ -123,6 +141,18 @@ struct Effect {
     op: PendingOp,
     /// For a PREPARE: the version it creates.
     version: Option<Arc<Prepared>>,
+}
+
+/// A portal the guard let the server bind.
+#[derive(Debug)]
+struct BoundPortal {
+    portal: Vec<u8>,
+    statement: Vec<u8>,
+    /// `Guard::generation` when it was judged.
+    generation: u64,
+    /// The versions it was bound to, kept once the statement's name was
+    /// parsed again while the portal lived (else the name's versions).
+    versions: Option<Vec<Arc<Prepared>>>,
 }
 
 /// What judging a text gave.
@@ -163,6 +193,13 @@ impl ClientSide {
             epoch_inputs: (0, 0, None),
             memo_next: 0,
             portal_effects: HashMap::new(),
+            flux_entry: None,
+            flux_view: Vec::new(),
+            flux_seen: 0,
+            flux_gen: 0,
+            catalog_refusal: None,
+            bound: Vec::new(),
+            bound_in_batch: false,
         }
     }
 
@@ -347,6 +384,7 @@ impl ClientSide {
                     b'S' => {
                         self.executed_in_batch = false;
                         self.rejected_in_batch = false;
+                        self.bound_in_batch = false;
                     }
                     b'Q' => self.executed_in_batch = false,
                     b'X' => {
@@ -371,7 +409,8 @@ impl ClientSide {
     /// under. A session counter that moves whenever any of them changes, so
     /// a verdict remembered under one is never reused under another.
     fn epoch(&mut self, runtime: &Runtime) -> u64 {
-        let version = self.catalog.as_ref().map_or(0, |c| c.version);
+        // The names in flux count as part of the catalog's version.
+        let version = self.catalog.as_ref().map_or(0, |c| c.version) ^ (self.flux_gen << 40);
         let (generation, catalog, path) = &self.epoch_inputs;
         let same_path = match (path, &self.search_path) {
             (None, None) => true,
@@ -437,10 +476,76 @@ impl ClientSide {
                 db.wait_for(t, timeout).await;
             }
         }
-        let db = self.db.as_ref().expect("set above");
+        let db = self.db.clone().expect("set above");
+        // No lag: a reload required by DDL that has ended (here or in any
+        // session), by the change log or by a lost connection is waited
+        // for; if it does not land, statements are refused rather than
+        // judged on the old catalog. (Before any catalog was ever read,
+        // names are judged as written, as documented.)
+        self.catalog_refusal = None;
+        if let Some(t) = db.outstanding() {
+            let timeout = std::time::Duration::from_secs(
+                self.guard.settings.proxy.connect_timeout_secs.max(1),
+            );
+            if db.version() > 0 && !db.wait_loaded(t, timeout).await {
+                self.catalog_refusal = Some(catalog_unreadable(&db));
+            }
+        }
         if db.version() != self.catalog.as_ref().map_or(0, |c| c.version) {
             self.catalog = db.current();
         }
+        // This session's names leave flux once the reload that followed the
+        // end of their DDL's transaction has landed.
+        if let Some(e) = &self.flux_entry {
+            let mut st = e.state.lock().unwrap();
+            if st.ended != 0 && db.loaded(st.ended) {
+                st.names.clear();
+                st.ended = 0;
+                drop(st);
+                db.flux_changed(e);
+            }
+        }
+        let v = db.flux_version();
+        if v != self.flux_seen {
+            self.flux_seen = v;
+            self.flux_view.clear();
+            if let Some(e) = &self.flux_entry {
+                self.flux_view
+                    .extend(e.state.lock().unwrap().names.iter().cloned());
+            }
+            db.others_in_flux(self.flux_entry.as_ref(), &mut self.flux_view);
+            self.flux_gen += 1;
+        }
+    }
+
+    /// Puts names that an allowed statement's DDL changes in flux, for this
+    /// session at once and for every other session of the database.
+    fn add_flux(&mut self, names: Vec<FluxName>) {
+        let Some(db) = &self.db else { return };
+        if names.is_empty() {
+            return;
+        }
+        let entry = match &self.flux_entry {
+            Some(e) => e.clone(),
+            None => {
+                let e = Arc::new(FluxEntry::default());
+                self.state.lock().unwrap().flux_entry = Some(e.clone());
+                self.flux_entry = Some(e.clone());
+                e
+            }
+        };
+        {
+            let mut st = entry.state.lock().unwrap();
+            st.ended = 0;
+            for n in &names {
+                if !st.names.contains(n) {
+                    st.names.push(n.clone());
+                }
+            }
+        }
+        db.flux_changed(&entry);
+        self.flux_view.extend(names);
+        self.flux_gen += 1;
     }
 
     /// Returns the bytes to send instead of `frame`, if it is rejected, and
@@ -499,6 +604,14 @@ impl ClientSide {
             }
             b'P' => {
                 let msg = protocol::parse_message(frame.body())?;
+                if !self.bound.is_empty() {
+                    let st = self.state.lock().unwrap();
+                    for p in &mut self.bound {
+                        if p.versions.is_none() && p.statement == msg.name {
+                            p.versions = Some(st.candidates(msg.name));
+                        }
+                    }
+                }
                 let classified = classify_big(msg.query, &self.guard).await;
                 match self.judge_text(msg.query, classified) {
                     Ok(judged) => {
@@ -528,7 +641,10 @@ impl ClientSide {
                     return Ok(None);
                 }
                 match self.judge_bind(portal, name) {
-                    Ok(()) => Ok(None),
+                    Ok(()) => {
+                        self.bind_recorded(portal, name);
+                        Ok(None)
+                    }
                     Err(rejected) => {
                         let (denial, sql) = *rejected;
                         self.audit(&denial, "extended", &sql).await;
@@ -544,10 +660,25 @@ impl ClientSide {
                 }
             }
             b'E' => {
+                let mut b = frame.body();
+                let portal =
+                    protocol::take_cstr(&mut b).ok_or(ProtocolError::Malformed("Execute"))?;
+                let all_rows = b.get(..4).is_none_or(|n| n == [0, 0, 0, 0]);
+                if !self.rejected_in_batch {
+                    if let Err(rejected) = self.judge_execute(portal, all_rows) {
+                        let (denial, sql) = *rejected;
+                        self.audit(&denial, "extended", &sql).await;
+                        let marker = self
+                            .state
+                            .lock()
+                            .unwrap()
+                            .rejections
+                            .register_marker(denial);
+                        self.rejected_in_batch = true;
+                        return Ok(Some(protocol::bind_message(&marker)));
+                    }
+                }
                 if !self.portal_effects.is_empty() {
-                    let mut b = frame.body();
-                    let portal =
-                        protocol::take_cstr(&mut b).ok_or(ProtocolError::Malformed("Execute"))?;
                     if let Some(effects) = self.portal_effects.remove(portal) {
                         self.record(effects);
                     }
@@ -563,6 +694,7 @@ impl ClientSide {
                     b'S' => PendingOp::CloseStatement(name.to_vec()),
                     _ => {
                         self.portal_effects.remove(name);
+                        self.bound.retain(|p| p.portal != name);
                         PendingOp::ClosePortal
                     }
                 };
@@ -618,6 +750,9 @@ impl ClientSide {
     /// server; a name the guard cannot account for is refused. On a
     /// rejection, returns the denial and the SQL to audit.
     fn judge_bind(&mut self, portal: &[u8], name: &[u8]) -> Result<(), Box<(Denial, String)>> {
+        if let Some(d) = &self.catalog_refusal {
+            return Err(Box::new((d.clone(), String::new())));
+        }
         let runtime = self.guard.runtime.load();
         let epoch = self.epoch(&runtime);
         let candidates = {
@@ -636,10 +771,16 @@ impl ClientSide {
         }
         for c in &candidates {
             if c.judged.load(Ordering::Relaxed) == epoch {
+                // DDL runs again at each Execute: its names go in flux and
+                // the catalog is re-read after its transaction.
+                if c.changes_catalog && self.db.is_some() {
+                    self.ran_ddl = true;
+                    self.add_flux(c.statements.iter().flat_map(flux::changes).collect());
+                }
                 continue;
             }
             match self.judge_statements(&c.statements, &runtime) {
-                Ok(_) => c.judged.store(epoch, Ordering::Relaxed),
+                Ok(_) => c.judged.store(self.epoch(&runtime), Ordering::Relaxed),
                 Err(d) => return Err(Box::new((*d, describe(&c.statements)))),
             }
         }
@@ -658,6 +799,71 @@ impl ClientSide {
                 )));
             }
             self.portal_effects.insert(portal.to_vec(), effects);
+        }
+        Ok(())
+    }
+
+    /// Remembers a portal the server is about to bind. Outside a transaction
+    /// block, with nothing owed, no portal of earlier batches is alive.
+    fn bind_recorded(&mut self, portal: &[u8], statement: &[u8]) {
+        let generation = self.guard.generation.load(Ordering::Acquire);
+        if !self.bound.is_empty() {
+            let st = self.state.lock().unwrap();
+            if st.idle() && st.status == b'I' && !self.bound_in_batch {
+                self.bound.clear();
+            }
+        }
+        self.bound_in_batch = true;
+        match self.bound.iter_mut().find(|p| p.portal == portal) {
+            Some(p) => {
+                p.statement.clear();
+                p.statement.extend_from_slice(statement);
+                p.generation = generation;
+                p.versions = None;
+            }
+            None => self.bound.push(BoundPortal {
+                portal: portal.to_vec(),
+                statement: statement.to_vec(),
+                generation,
+                versions: None,
+            }),
+        }
+    }
+
+    /// An Execute runs its portal under the switch positions in force now
+    /// (a flip applies to every session's next statement, a portal bound
+    /// before it included): a portal judged under other positions is judged
+    /// again, and refused if its verdict changed. A portal run to completion
+    /// is forgotten; a suspended one (row limit) is judged again on resume.
+    fn judge_execute(
+        &mut self,
+        portal: &[u8],
+        all_rows: bool,
+    ) -> Result<(), Box<(Denial, String)>> {
+        let Some(i) = self.bound.iter().position(|p| p.portal == portal) else {
+            return Ok(());
+        };
+        let generation = self.guard.generation.load(Ordering::Acquire);
+        if self.bound[i].generation != generation {
+            let versions = match &self.bound[i].versions {
+                Some(v) => v.clone(),
+                None => self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .candidates(&self.bound[i].statement),
+            };
+            let runtime = self.guard.runtime.load();
+            for v in &versions {
+                if let Err(d) = self.judge_statements(&v.statements, &runtime) {
+                    self.bound.swap_remove(i);
+                    return Err(Box::new((*d, describe(&v.statements))));
+                }
+            }
+            self.bound[i].generation = generation;
+        }
+        if all_rows {
+            self.bound.swap_remove(i);
         }
         Ok(())
     }
@@ -731,16 +937,13 @@ impl ClientSide {
         statements: &Arc<Vec<StatementInfo>>,
         runtime: &Runtime,
     ) -> Result<Vec<Effect>, Box<Denial>> {
+        if let Some(d) = &self.catalog_refusal {
+            return Err(Box::new(d.clone()));
+        }
         let epoch = self.epoch(runtime);
         let stats = &self.guard.stats;
         let n = statements.len().max(1) as u64;
         stats.statements.fetch_add(n, Ordering::Relaxed);
-        let mut facts = Facts {
-            role: &self.info.user,
-            switches: &runtime.switches,
-            catalog: self.catalog.as_deref(),
-            search_path: self.search_path.as_deref().map(Vec::as_slice),
-        };
         let remembered = self
             .allowed_memo
             .iter()
@@ -748,10 +951,22 @@ impl ClientSide {
             .any(|(seen, judged)| *judged == epoch && Arc::ptr_eq(seen, statements));
         let effects = effects_of(statements, epoch);
         let mut shadowed: Vec<Denial> = Vec::new();
+        // What the statements' DDL puts in flux: a later statement of the
+        // same text is judged under it already (it runs after the DDL).
+        let mut added: Vec<FluxName> = Vec::new();
+        let mut view: Option<Vec<FluxName>> = None;
         if !remembered {
             let mut executes = false;
             let mut earlier: Vec<(&str, &StatementInfo)> = Vec::new();
+            let mut search_path = self.search_path.as_deref().map(Vec::as_slice);
             for st in statements.iter() {
+                let facts = Facts {
+                    role: &self.info.user,
+                    switches: &runtime.switches,
+                    catalog: self.catalog.as_deref(),
+                    search_path,
+                    flux: view.as_deref().unwrap_or(&self.flux_view),
+                };
                 executes |= st
                     .specials
                     .iter()
@@ -781,22 +996,39 @@ impl ClientSide {
                     }
                     Verdict::Allow => {}
                 }
+                let mut new = flux::changes(st);
+                for sp in &st.specials {
+                    if let Special::ExecutePrepared { name } = sp {
+                        for body in lookup(name) {
+                            new.extend(flux::changes(&body));
+                        }
+                    }
+                }
+                if !new.is_empty() && self.db.is_some() {
+                    view.get_or_insert_with(|| self.flux_view.clone())
+                        .extend(new.iter().cloned());
+                    added.extend(new);
+                }
                 // A later statement of the same text is parsed after this
                 // one has run, which may have changed the search_path.
-                facts.search_path = None;
+                search_path = None;
                 if let Some(p) = &st.prepares {
                     earlier.push((&p.name, &p.body));
                 }
             }
-            self.ran_ddl |= changes_catalog(statements);
+            self.ran_ddl |= flux::changes_catalog(statements);
             // A shadowed statement is recorded every time it is sent: not
             // remembered as allowed.
             if !executes && shadowed.is_empty() {
                 self.allowed_memo[self.memo_next] = Some((statements.clone(), epoch));
                 self.memo_next = (self.memo_next + 1) % MEMO;
             }
+        } else if self.db.is_some() {
+            self.ran_ddl |= flux::changes_catalog(statements);
+            added.extend(statements.iter().flat_map(flux::changes));
         }
         stats.allowed.fetch_add(n, Ordering::Relaxed);
+        self.add_flux(added);
         self.shadowed.extend(shadowed);
         Ok(effects)
     }
@@ -926,6 +1158,23 @@ fn ambiguous_mid_batch(why: &str) -> Denial {
         crate::policy::SQLSTATE_REJECTED,
         format!("statement rejected: it follows an Execute in the same batch, and {why}; the Execute may have changed client_encoding or standard_conforming_strings, which the server reports only at the batch's Sync"),
         "Send a Sync after the Execute before sending this statement.",
+    )
+}
+
+/// A reload the statement must be judged after did not land in time.
+fn catalog_unreadable(db: &crate::catalog::DatabaseCatalog) -> Denial {
+    let why = db
+        .last_error
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| "the reload did not finish in time".into());
+    denial(
+        "PARSE",
+        "catalog",
+        "55000",
+        format!("statement refused: the catalog of database \"{}\" changed and zoneguard could not re-read it ({why}); it judges nothing on the catalog from before the change", db.database),
+        "Try again in a moment; if it persists, check the [catalog] settings (SHOW CATALOGS on the admin console).",
     )
 }
 

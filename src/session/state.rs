@@ -28,6 +28,9 @@ pub struct Prepared {
     /// Running it prepares or deallocates statements (SQL PREPARE, DEALLOCATE,
     /// DISCARD ALL sent through the extended protocol).
     pub effectful: bool,
+    /// Running it changes the catalog (DDL): each Bind puts its names in
+    /// flux again and has the catalog re-read after its transaction.
+    pub changes_catalog: bool,
 }
 
 impl Prepared {
@@ -35,10 +38,12 @@ impl Prepared {
         let effectful = statements
             .iter()
             .any(|s| s.prepares.is_some() || s.deallocates.is_some());
+        let changes_catalog = crate::catalog::flux::changes_catalog(&statements);
         Arc::new(Prepared {
             statements,
             judged: AtomicU64::new(generation),
             effectful,
+            changes_catalog,
         })
     }
 }
@@ -118,6 +123,9 @@ pub struct SessionState {
     /// That reload's ticket: the client half waits for it before judging
     /// the session's next statement.
     pub catalog_ticket: Option<u64>,
+    /// The session's names in flux (`catalog::flux`): they end with the
+    /// transaction that ran their DDL.
+    pub flux_entry: Option<Arc<crate::catalog::flux::FluxEntry>>,
 }
 
 impl SessionState {
@@ -143,6 +151,7 @@ impl SessionState {
             catalog: None,
             catalog_changed: false,
             catalog_ticket: None,
+            flux_entry: None,
         }
     }
 
@@ -216,7 +225,11 @@ impl SessionState {
         self.statements.get(name).is_some_and(|v| {
             let mut all = v.confirmed.iter().chain(v.pending.iter()).peekable();
             all.peek().is_some()
-                && all.all(|p| !p.effectful && p.judged.load(Ordering::Relaxed) == generation)
+                && all.all(|p| {
+                    !p.effectful
+                        && !p.changes_catalog
+                        && p.judged.load(Ordering::Relaxed) == generation
+                })
         })
     }
 
@@ -358,8 +371,14 @@ impl SessionState {
             // The DDL has committed (or rolled back): what it did is in the
             // catalog the guard's own connection reads.
             self.catalog_changed = false;
+            // Every session of the database waits for the reload (no lag).
             if let Some(db) = &self.catalog {
-                self.catalog_ticket = Some(db.request_reload());
+                let ticket = db.request_reload();
+                match &self.flux_entry {
+                    Some(e) => db.flux_ended(e, ticket),
+                    None => db.require(ticket),
+                }
+                self.catalog_ticket = Some(ticket);
             }
         }
         if let Some(mut u) = self.units.pop_front() {
