@@ -112,9 +112,10 @@ enum Command {
     /// database (no console needed).
     #[command(subcommand)]
     Switch(zoneguard::state::cli::SwitchCommand),
-    /// Print the SQL of an event trigger that tells the guard at once when
-    /// DDL changes a database's catalog (run it as a superuser in each
-    /// fronted database: `zoneguard catalog-trigger | psql -U postgres DB`).
+    /// Print the SQL of the change log: an event trigger that records DDL so
+    /// the guard re-reads the catalog once it commits (run it as a superuser
+    /// in each fronted database: `zoneguard catalog-trigger | psql -U
+    /// postgres DB`).
     CatalogTrigger,
     /// Show what the guard sees in a SQL text and what it decides: each
     /// statement's tables and operations, their zones and rules, and the

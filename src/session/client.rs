@@ -109,6 +109,9 @@ pub(crate) struct ClientSide {
     /// A portal was bound since the last Sync (so it is alive although the
     /// server owes nothing).
     bound_in_batch: bool,
+    /// A forgotten entry of `bound`, kept for the next Bind (no allocation
+    /// per Bind).
+    bound_spare: Option<BoundPortal>,
     /// A required catalog reload did not land in time: statements are
     /// refused with this until it does (never judged on the old catalog).
     catalog_refusal: Option<Denial>,
@@ -200,6 +203,7 @@ impl ClientSide {
             catalog_refusal: None,
             bound: Vec::new(),
             bound_in_batch: false,
+            bound_spare: None,
         }
     }
 
@@ -810,7 +814,10 @@ impl ClientSide {
         if !self.bound.is_empty() {
             let st = self.state.lock().unwrap();
             if st.idle() && st.status == b'I' && !self.bound_in_batch {
-                self.bound.clear();
+                drop(st);
+                while let Some(p) = self.bound.pop() {
+                    self.bound_spare = Some(p);
+                }
             }
         }
         self.bound_in_batch = true;
@@ -821,12 +828,21 @@ impl ClientSide {
                 p.generation = generation;
                 p.versions = None;
             }
-            None => self.bound.push(BoundPortal {
-                portal: portal.to_vec(),
-                statement: statement.to_vec(),
-                generation,
-                versions: None,
-            }),
+            None => {
+                let mut p = self.bound_spare.take().unwrap_or(BoundPortal {
+                    portal: Vec::new(),
+                    statement: Vec::new(),
+                    generation,
+                    versions: None,
+                });
+                p.portal.clear();
+                p.portal.extend_from_slice(portal);
+                p.statement.clear();
+                p.statement.extend_from_slice(statement);
+                p.generation = generation;
+                p.versions = None;
+                self.bound.push(p);
+            }
         }
     }
 
@@ -863,7 +879,7 @@ impl ClientSide {
             self.bound[i].generation = generation;
         }
         if all_rows {
-            self.bound.swap_remove(i);
+            self.bound_spare = Some(self.bound.swap_remove(i));
         }
         Ok(())
     }
