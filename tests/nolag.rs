@@ -475,3 +475,51 @@ async fn a_portal_bound_before_a_flip_is_judged_when_it_runs() {
     assert!(String::from_utf8_lossy(&reply).contains("switched off"));
     assert_eq!(before, count(&d, "SELECT count(*) FROM entitlements").await);
 }
+
+/// FETCH and MOVE of a `FOR UPDATE` cursor declared before a flip lock
+/// rows after it: each is judged under the positions in force when it runs.
+#[tokio::test]
+async fn a_cursor_declared_before_a_flip_is_judged_when_fetched() {
+    let (db, g, _d) = fresh().await;
+    let app = g.connect("app", &db).await;
+    app.batch_execute(
+        "INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'C1', 'ACTIVE'), (1, 'C2', 'ACTIVE')",
+    )
+    .await
+    .unwrap();
+    let console = admin(&g).await;
+    let flip = |on: bool| {
+        let console = &console;
+        async move {
+            console
+                .simple_query(&format!(
+                    "SET SWITCH enable_new_commerce = {}",
+                    if on { "on" } else { "off" }
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    for fetch in ["FETCH 1 FROM c", "MOVE NEXT IN c", "FETCH NEXT FROM \"c\""] {
+        app.batch_execute(
+            "BEGIN; DECLARE c CURSOR FOR SELECT * FROM entitlements FOR UPDATE; FETCH 1 FROM c",
+        )
+        .await
+        .unwrap();
+        flip(false).await;
+        let e = db_error(app.batch_execute(fetch).await);
+        assert_eq!(e.code().code(), "42501", "{fetch}: {}", e.message());
+        assert!(e.message().contains("switched off"), "{}", e.message());
+        app.batch_execute("ROLLBACK").await.unwrap();
+        flip(true).await;
+    }
+    // A read cursor reads on in panic mode.
+    app.batch_execute("BEGIN; DECLARE r CURSOR FOR SELECT * FROM entitlements")
+        .await
+        .unwrap();
+    flip(false).await;
+    app.batch_execute("FETCH 1 FROM r; MOVE NEXT IN r")
+        .await
+        .unwrap();
+    app.batch_execute("ROLLBACK").await.unwrap();
+}

@@ -148,7 +148,17 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
                 None => unparsed(&mut info, true, error.to_owned()),
             }
         }
-        "CHECKPOINT" | "FETCH" | "MOVE" if !may_write => {}
+        "CHECKPOINT" if !may_write => {}
+        // The cursor is the last word (`MOVE [direction] [FROM | IN] c`).
+        "FETCH" | "MOVE" if !may_write => {
+            info.cursor = toks.last().and_then(|t| word(t)).map(|w| {
+                super::CursorOp::Fetch(if w.quoted {
+                    w.value.to_owned()
+                } else {
+                    w.value.to_lowercase()
+                })
+            });
+        }
         // Two-phase commit: writes nothing of its own (the transaction's
         // statements were judged when they were sent).
         "PREPARE" | "COMMIT" | "ROLLBACK"

@@ -151,6 +151,19 @@ pub struct StatementInfo {
     pub prepares: Option<Prepared>,
     /// Set for `DEALLOCATE name`; `Some("")`... see `Deallocate`.
     pub deallocates: Option<Deallocate>,
+    /// What it does to a SQL cursor (DECLARE, FETCH / MOVE, CLOSE).
+    pub cursor: Option<CursorOp>,
+}
+
+/// A statement's use of a SQL cursor (names normalised).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorOp {
+    Declare(String),
+    /// FETCH or MOVE: runs the cursor's query further (and, FOR UPDATE,
+    /// locks the rows it moves over).
+    Fetch(String),
+    /// CLOSE name; None: CLOSE ALL.
+    Close(Option<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

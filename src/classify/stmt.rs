@@ -7,7 +7,7 @@ use sqlparser::ast::{
 
 use super::ddl::{object_is_relation, other_ddl_name};
 use super::walk::{ident, name_parts, Walker};
-use super::{Deallocate, Op, Prepared, Special, StatementInfo, TableAccess};
+use super::{CursorOp, Deallocate, Op, Prepared, Special, StatementInfo, TableAccess};
 
 /// The name of a statement's variant, for messages.
 pub(crate) fn variant_name(s: &Statement) -> String {
@@ -41,6 +41,7 @@ pub(crate) fn finish(w: Walker, command: String) -> StatementInfo {
         specials,
         prepares: w.prepares,
         deallocates: w.deallocates,
+        cursor: w.cursor,
     }
 }
 
@@ -197,6 +198,11 @@ impl Walker {
                 tag("DEALLOCATE")
             }
             Statement::Declare { stmts, .. } => {
+                if let [d] = stmts.as_slice() {
+                    if let [name] = d.names.as_slice() {
+                        self.cursor = Some(CursorOp::Declare(ident(name)));
+                    }
+                }
                 for d in stmts {
                     match &d.for_query {
                         Some(q) => self.query(q),
@@ -205,8 +211,19 @@ impl Walker {
                 }
                 tag("DECLARE CURSOR")
             }
-            Statement::Fetch { into: None, .. } => tag("FETCH"),
-            Statement::Close { .. } => tag("CLOSE CURSOR"),
+            Statement::Fetch {
+                into: None, name, ..
+            } => {
+                self.cursor = Some(CursorOp::Fetch(ident(name)));
+                tag("FETCH")
+            }
+            Statement::Close { cursor } => {
+                self.cursor = Some(CursorOp::Close(match cursor {
+                    sqlparser::ast::CloseCursor::All => None,
+                    sqlparser::ast::CloseCursor::Specific { name } => Some(ident(name)),
+                }));
+                tag("CLOSE CURSOR")
+            }
             Statement::CreateTable(ct) => self.create_table(ct),
             Statement::CreateView(cv) => self.create_view(cv),
             Statement::CreateIndex(ci) => {

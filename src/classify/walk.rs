@@ -71,6 +71,7 @@ pub(crate) struct Walker {
     pub specials: Vec<Special>,
     pub prepares: Option<Prepared>,
     pub deallocates: Option<Deallocate>,
+    pub cursor: Option<super::CursorOp>,
     /// Names of the CTEs in scope (normalised).
     ctes: Vec<String>,
 }

@@ -16,7 +16,7 @@ use super::state::{PendingOp, Prepared, SessionState};
 use super::ClientEnd;
 use crate::audit::{self, AuditRecord, SessionInfo};
 use crate::catalog::flux::{self, FluxEntry, FluxName};
-use crate::classify::{reading, Deallocate, Special, StatementInfo};
+use crate::classify::{reading, CursorOp, Deallocate, Special, StatementInfo};
 use crate::guard::{Guard, Runtime};
 use crate::policy::{Denial, Facts, Verdict};
 use crate::protocol::{self, ProtocolError, Severity};
@@ -112,6 +112,11 @@ pub(crate) struct ClientSide {
     /// A forgotten entry of `bound`, kept for the next Bind (no allocation
     /// per Bind).
     bound_spare: Option<BoundPortal>,
+    /// SQL cursors declared through the guard: the declaring statement and
+    /// the `Guard::generation` it was last judged under. A FETCH or MOVE
+    /// after a flip judges the cursor's query again (a `FOR UPDATE` cursor
+    /// locks the rows it moves over).
+    cursors: HashMap<String, (u64, StatementInfo)>,
     /// A required catalog reload did not land in time: statements are
     /// refused with this until it does (never judged on the old catalog).
     catalog_refusal: Option<Denial>,
@@ -124,6 +129,9 @@ impl Drop for ClientSide {
         }
     }
 }
+
+/// Most SQL cursors a session's map holds.
+const MAX_CURSORS: usize = 256;
 
 /// How many allowed classifications a session remembers.
 const MEMO: usize = 8;
@@ -204,6 +212,7 @@ impl ClientSide {
             bound: Vec::new(),
             bound_in_batch: false,
             bound_spare: None,
+            cursors: HashMap::new(),
         }
     }
 
@@ -649,18 +658,7 @@ impl ClientSide {
                         self.bind_recorded(portal, name);
                         Ok(None)
                     }
-                    Err(rejected) => {
-                        let (denial, sql) = *rejected;
-                        self.audit(&denial, "extended", &sql).await;
-                        let marker = self
-                            .state
-                            .lock()
-                            .unwrap()
-                            .rejections
-                            .register_marker(denial);
-                        self.rejected_in_batch = true;
-                        Ok(Some(protocol::bind_message(&marker)))
-                    }
+                    Err(rejected) => Ok(Some(self.reject_in_batch(*rejected).await)),
                 }
             }
             b'E' => {
@@ -670,16 +668,7 @@ impl ClientSide {
                 let all_rows = b.get(..4).is_none_or(|n| n == [0, 0, 0, 0]);
                 if !self.rejected_in_batch {
                     if let Err(rejected) = self.judge_execute(portal, all_rows) {
-                        let (denial, sql) = *rejected;
-                        self.audit(&denial, "extended", &sql).await;
-                        let marker = self
-                            .state
-                            .lock()
-                            .unwrap()
-                            .rejections
-                            .register_marker(denial);
-                        self.rejected_in_batch = true;
-                        return Ok(Some(protocol::bind_message(&marker)));
+                        return Ok(Some(self.reject_in_batch(*rejected).await));
                     }
                 }
                 if !self.portal_effects.is_empty() {
@@ -956,6 +945,9 @@ impl ClientSide {
         if let Some(d) = &self.catalog_refusal {
             return Err(Box::new(d.clone()));
         }
+        if !self.cursors.is_empty() {
+            self.judge_fetches(statements, runtime)?;
+        }
         let epoch = self.epoch(runtime);
         let stats = &self.guard.stats;
         let n = statements.len().max(1) as u64;
@@ -1039,14 +1031,82 @@ impl ClientSide {
                 self.allowed_memo[self.memo_next] = Some((statements.clone(), epoch));
                 self.memo_next = (self.memo_next + 1) % MEMO;
             }
-        } else if self.db.is_some() {
-            self.ran_ddl |= flux::changes_catalog(statements);
+        } else if self.db.is_some() && flux::changes_catalog(statements) {
+            // Remembered DDL runs again: its names go in flux again.
+            self.ran_ddl = true;
             added.extend(statements.iter().flat_map(flux::changes));
         }
         stats.allowed.fetch_add(n, Ordering::Relaxed);
         self.add_flux(added);
+        self.note_cursors(statements);
         self.shadowed.extend(shadowed);
         Ok(effects)
+    }
+
+    /// A FETCH or MOVE runs its cursor's query further under the switch
+    /// positions in force now: a cursor declared (or last fetched) under
+    /// others is judged again, and the FETCH refused if its verdict changed.
+    fn judge_fetches(
+        &mut self,
+        statements: &[StatementInfo],
+        runtime: &Runtime,
+    ) -> Result<(), Box<Denial>> {
+        let generation = self.guard.generation.load(Ordering::Acquire);
+        for st in statements {
+            let Some(CursorOp::Fetch(name)) = &st.cursor else {
+                continue;
+            };
+            let Some((judged, declared)) = self.cursors.get(name) else {
+                continue;
+            };
+            if *judged == generation {
+                continue;
+            }
+            let declared = Arc::new(vec![declared.clone()]);
+            self.judge_statements(&declared, runtime)?;
+            if let Some(c) = self.cursors.get_mut(name) {
+                c.0 = generation;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remembers the cursors that allowed statements declare or close.
+    fn note_cursors(&mut self, statements: &[StatementInfo]) {
+        for st in statements {
+            match &st.cursor {
+                Some(CursorOp::Declare(name)) => {
+                    // Cursors end with their transaction unless WITH HOLD:
+                    // the map is bounded, not exact (a FETCH of a cursor it
+                    // no longer holds is judged as before).
+                    if self.cursors.len() >= MAX_CURSORS {
+                        self.cursors.clear();
+                    }
+                    let generation = self.guard.generation.load(Ordering::Acquire);
+                    self.cursors.insert(name.clone(), (generation, st.clone()));
+                }
+                Some(CursorOp::Close(Some(name))) => {
+                    self.cursors.remove(name);
+                }
+                Some(CursorOp::Close(None)) => self.cursors.clear(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Audits a rejected Bind or Execute and returns the Bind that fails in
+    /// its place (of a statement name no statement has: the server then
+    /// skips to Sync, as after its own error).
+    async fn reject_in_batch(&mut self, (denial, sql): (Denial, String)) -> Bytes {
+        self.audit(&denial, "extended", &sql).await;
+        let marker = self
+            .state
+            .lock()
+            .unwrap()
+            .rejections
+            .register_marker(denial);
+        self.rejected_in_batch = true;
+        protocol::bind_message(&marker)
     }
 
     /// Audits a rejection, registers it, and returns the SQL to run instead.
