@@ -194,6 +194,9 @@ fn describe_special(s: &Special) -> String {
         Special::DropSchemaCascade { schema } => {
             format!("drops every relation in schema {schema}")
         }
+        Special::SyntaxError { message } => {
+            format!("PostgreSQL's grammar rejects it ({message}): the server reports the error")
+        }
     }
 }
 

@@ -71,6 +71,17 @@ fn expect_nothing(sql: &str, command: &str) {
     assert!(info.specials.is_empty(), "specials in {sql:?}: {info:#?}");
 }
 
+/// DDL on an object that is not a relation.
+fn expect_other(sql: &str, operation: &str) {
+    expect_special(
+        sql,
+        Special::OtherDdl {
+            operation: operation.into(),
+        },
+        &[],
+    );
+}
+
 /// One statement with this special (and these accesses).
 fn expect_special(sql: &str, special: Special, expected: &[(&str, &str)]) {
     let info = one(sql);
@@ -99,6 +110,15 @@ fn expect_unparsed(sql: &str, may_write: bool) {
             .iter()
             .any(|s| matches!(s, Special::Unparsed { may_write: m, .. } if *m == may_write)),
         "expected Unparsed(may_write={may_write}) for {sql:?}: {info:#?}"
+    );
+}
+
+/// A text PostgreSQL's grammar rejects: passed on, the server reports it.
+fn expect_syntax_error(sql: &str) {
+    let v = classify(sql);
+    assert!(
+        v.len() == 1 && matches!(v[0].specials[..], [Special::SyntaxError { .. }]),
+        "expected a syntax error for {sql:?}: {v:#?}"
     );
 }
 
@@ -720,7 +740,7 @@ fn create_table() {
         &[("ddl", "users")],
     );
     expect("ALTER STATISTICS s1 RENAME TO s2", &[("ddl", "s1")]);
-    expect_unparsed("ALTER STATISTICS s1 DELETE users", true);
+    expect_syntax_error("ALTER STATISTICS s1 DELETE users");
     expect("SELECT COLLATION FOR ('a')", &[]);
     expect("SELECT id FROM users FOR READ ONLY", &[("read", "users")]);
     expect(
@@ -1227,24 +1247,32 @@ fn fallback() {
         "TABLE public.users ORDER BY 1 LIMIT 5",
         &[("read", "public.users")],
     );
-    expect_unparsed("SELEC * FRM users", false);
-    expect_unparsed("FOO BAR", false);
-    expect_unparsed("DELET FROM users WHERE", false);
-    expect_unparsed("DELETE FROM users WHERE id = = 1", true);
-    expect_unparsed("UPDATE users SET WHERE", true);
-    expect_unparsed("ALTER SYSTEM SET work_mem = '1MB'", true);
-    expect_unparsed("SECURITY LABEL ON TABLE users IS 'x'", true);
+    // Junk PostgreSQL's grammar rejects: the server reports its own error.
+    expect_syntax_error("SELEC * FRM users");
+    expect_syntax_error("FOO BAR");
+    expect_syntax_error("DELET FROM users WHERE");
+    expect_syntax_error("DELETE FROM users WHERE id = = 1");
+    expect_syntax_error("UPDATE users SET WHERE");
+    // Read with PostgreSQL's grammar (the second reader).
+    expect_other("ALTER SYSTEM SET work_mem = '1MB'", "ALTER SYSTEM");
+    expect("SECURITY LABEL ON TABLE users IS 'x'", &[("ddl", "users")]);
     expect_unparsed("IMPORT FOREIGN SCHEMA s FROM SERVER x INTO y", true);
     expect_unparsed("REASSIGN OWNED BY a TO b", true);
     expect_unparsed("DROP OWNED BY bob", true);
-    expect_unparsed("CREATE SCHEMA s CREATE TABLE t (a int)", true);
-    expect_unparsed(
-        "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()",
-        true,
+    expect_special(
+        "CREATE SCHEMA s CREATE TABLE t (a int)",
+        Special::OtherDdl {
+            operation: "CREATE SCHEMA".into(),
+        },
+        &[("ddl", "s.t")],
     );
-    expect_unparsed("COMMENT ON FUNCTION f() IS 'x'", true);
+    expect_other(
+        "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()",
+        "CREATE EVENT TRIG",
+    );
+    expect_other("COMMENT ON FUNCTION f() IS 'x'", "COMMENT");
     // write keywords inside strings or comments do not count
-    expect_unparsed("SELEC 'DELETE FROM users' -- UPDATE\n", false);
+    expect_syntax_error("SELEC 'DELETE FROM users' -- UPDATE\n");
     // tokenizer failures fail closed
     // Text that ends inside a string, identifier, dollar quote or comment
     // cannot run at all: PostgreSQL's lexer fails (42601) and the server
@@ -1253,11 +1281,11 @@ fn fallback() {
     expect_unparsed("SELECT $$unterminated", false);
     expect_unparsed("DELETE FROM users; SELECT \"unterminated", false);
     expect_unparsed("DELETE FROM users /* unterminated", false);
-    expect_unparsed(r#"SELECT * FROM U&"\0075sers""#, true);
+    expect(r#"SELECT * FROM U&"\0075sers""#, &[("read", "users")]);
     let info = one("SELEC 1");
-    assert_eq!(info.command, "UNKNOWN");
+    assert_eq!(info.command, "SYNTAX ERROR");
     assert!(
-        matches!(&info.specials[0], Special::Unparsed { reason, .. } if reason.contains("sql parser error"))
+        matches!(&info.specials[0], Special::SyntaxError { message } if message.contains("syntax error at or near"))
     );
 }
 
@@ -1287,17 +1315,9 @@ fn multi_statement() {
         "SELECT * FROM a; TABLE b; DELETE FROM c",
         &[&[("read", "a")], &[("read", "b")], &[("delete", "c")]],
     );
-    let v = classify("BEGIN; SELEC 1; DELETE FROM users; COMMIT");
-    assert_eq!(v.len(), 4);
-    assert!(matches!(
-        v[1].specials[0],
-        Special::Unparsed {
-            may_write: false,
-            ..
-        }
-    ));
-    assert_eq!(pairs(&v[2]), want(&[("delete", "users")]));
-    assert_eq!(v[3].command, "COMMIT");
+    // A syntax error anywhere: the server runs none of it (it parses the
+    // whole Query first) and reports the error itself.
+    expect_syntax_error("BEGIN; SELEC 1; DELETE FROM users; COMMIT");
     // the rewrite of FOR NO KEY UPDATE applies in multi-statement strings too
     expect_multi(
         "SELECT * FROM a FOR NO KEY UPDATE; SELECT * FROM b",
@@ -1365,6 +1385,8 @@ fn a_text_over_the_parse_limit_is_not_parsed_and_under_it_is() {
 
 #[test]
 fn deep_nesting_does_not_crash() {
+    // Deeper than either reader goes (sqlparser's recursion limit, the
+    // depth PostgreSQL's parse tree can be decoded to): the token reader.
     let mut sql = "SELECT * FROM users".to_owned();
     for _ in 0..100 {
         sql = format!("SELECT * FROM ({sql}) x");
@@ -1377,8 +1399,9 @@ fn deep_nesting_does_not_crash() {
     }
     expect_unparsed(&sql, true);
 
+    // Too deep for sqlparser, not for PostgreSQL's grammar: read exactly.
     let sql = format!("SELECT {}1{} FROM users", "(".repeat(100), ")".repeat(100));
-    expect_unparsed(&sql, false);
+    expect(&sql, &[("read", "users")]);
 
     // within the limit: parsed and walked
     let mut sql = "SELECT * FROM users".to_owned();

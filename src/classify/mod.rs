@@ -10,6 +10,7 @@ mod ddl;
 mod dml;
 mod fallback;
 mod nested;
+pub mod pgread;
 pub mod reading;
 mod stmt;
 mod tokens;
@@ -126,6 +127,9 @@ pub enum Special {
     /// does (`client_encoding` SJIS, `standard_conforming_strings` off, or a
     /// value it cannot see). See `reading`.
     UnreadableSetting { setting: String, value: String },
+    /// PostgreSQL's own grammar rejects the text (`pgread`): nothing in it
+    /// runs, and the server reports the error itself.
+    SyntaxError { message: String },
 }
 
 /// A `PREPARE name AS body` statement's body, kept so that a later
@@ -200,7 +204,21 @@ pub fn classify_limited(sql: &str, max_parsed: usize) -> Vec<StatementInfo> {
         return classify_text(text);
     }
     match bulk::pieces(text, max_parsed) {
-        Some(pieces) => merge(pieces.iter().map(|p| classify_text(p))),
+        Some(pieces) => {
+            let parts: Vec<Vec<StatementInfo>> = pieces.iter().map(|p| classify_text(p)).collect();
+            // A part PostgreSQL's grammar rejects: if the whole is rejected
+            // too, the server runs nothing and reports it itself.
+            let rejected = parts
+                .iter()
+                .flatten()
+                .any(|s| s.specials.iter().any(|x| matches!(x, Special::SyntaxError { .. })));
+            if rejected {
+                if let Some(whole) = pgread::syntax_error(text) {
+                    return vec![whole];
+                }
+            }
+            merge(parts.into_iter().map(without_syntax_verdict))
+        }
         None => vec![unparsed(
             true,
             format!(
@@ -213,6 +231,26 @@ pub fn classify_limited(sql: &str, max_parsed: usize) -> Vec<StatementInfo> {
 /// The classification of a statement judged in pieces: the union of the
 /// pieces' (see [`bulk::pieces`]), statement by statement. Pieces that do
 /// not read as the same statements are judged as one that may write.
+/// A piece of a statement cut for judging is not what the server runs: that
+/// PostgreSQL's grammar rejects the piece says nothing of the whole, so it
+/// counts as a piece the guard cannot read (which may write).
+fn without_syntax_verdict(mut v: Vec<StatementInfo>) -> Vec<StatementInfo> {
+    for st in &mut v {
+        for sp in &mut st.specials {
+            if let Special::SyntaxError { message } = sp {
+                *sp = Special::Unparsed {
+                    may_write: true,
+                    reason: format!(
+                        "a part of a big statement PostgreSQL's grammar rejects ({message})"
+                    ),
+                };
+                st.command = "UNKNOWN".to_owned();
+            }
+        }
+    }
+    v
+}
+
 fn merge(parts: impl Iterator<Item = Vec<StatementInfo>>) -> Vec<StatementInfo> {
     let mut out: Option<Vec<StatementInfo>> = None;
     for part in parts {
@@ -311,14 +349,33 @@ fn classify_text(sql: &str) -> Vec<StatementInfo> {
     let mut tokens = tokens;
     tokens::rewrite(&mut tokens);
     if sql.len() > BIG_STATEMENT_BYTES || tokens::depth_bound(&tokens) > INLINE_DEPTH {
-        // Large or deep input: judge statement by statement, on a big stack.
+        // Large or deep input: judge statement by statement, on a big stack;
+        // if sqlparser cannot read one, the text with PostgreSQL's grammar.
         let pieces = tokens::split(tokens);
-        return on_big_stack(move || pieces.iter().flat_map(|p| classify_piece(p)).collect());
+        let text = sql.to_owned();
+        return on_big_stack(move || {
+            let mut out = Vec::new();
+            for p in &pieces {
+                match first_reader_tokens(p) {
+                    Ok(stmts) => out.extend(stmts),
+                    Err(_) => {
+                        return pgread::classify(&text).unwrap_or_else(|| {
+                            pieces.iter().flat_map(|p| classify_piece(p)).collect()
+                        })
+                    }
+                }
+            }
+            out
+        });
     }
     if !tokens::has_unicode_ident(&tokens) {
         if let Ok(stmts) = parse(tokens.clone()) {
             return stmts.iter().map(stmt::classify_statement).collect();
         }
+    }
+    // What sqlparser cannot parse is read with PostgreSQL's own grammar.
+    if let Some(stmts) = pgread::classify(sql) {
+        return stmts;
     }
     tokens::split(tokens)
         .iter()
@@ -367,26 +424,42 @@ fn parse(
 
 /// Classify one statement's tokens (split at top-level `;`).
 fn classify_piece(piece: &[sqlparser::tokenizer::TokenWithSpan]) -> Vec<StatementInfo> {
+    match first_reader_tokens(piece) {
+        Ok(stmts) => stmts,
+        Err(err) => vec![fallback::classify_tokens(piece, &err)],
+    }
+}
+
+/// One statement's tokens as the first reader (sqlparser) reads them; its
+/// error if it cannot.
+fn first_reader_tokens(
+    piece: &[sqlparser::tokenizer::TokenWithSpan],
+) -> Result<Vec<StatementInfo>, String> {
     if tokens::depth_bound(piece) > MAX_DEPTH {
-        return vec![unparsed(true, "expression too deep to judge")];
+        return Ok(vec![unparsed(true, "expression too deep to judge")]);
     }
     if tokens::has_unicode_ident(piece) {
-        return vec![unparsed(
-            true,
-            "U&\"...\" identifiers are not understood by zoneguard",
-        )];
+        return Err("U&\"...\" identifiers are not understood by sqlparser".into());
     }
     let err = match parse(piece.to_vec()) {
-        Ok(stmts) => return stmts.iter().map(stmt::classify_statement).collect(),
+        Ok(stmts) => return Ok(stmts.iter().map(stmt::classify_statement).collect()),
         Err(e) => e,
     };
     let mut rewritten = piece.to_vec();
     if tokens::rewrite_table_queries(&mut rewritten) {
         if let Ok(stmts) = parse(rewritten) {
-            return stmts.iter().map(stmt::classify_statement).collect();
+            return Ok(stmts.iter().map(stmt::classify_statement).collect());
         }
     }
-    vec![fallback::classify_tokens(piece, &err.to_string())]
+    Err(err.to_string())
+}
+
+/// One statement's text as the first reader reads it, if it can (`pgread`
+/// asks before reading a statement itself).
+pub(crate) fn first_reader(text: &str) -> Option<Vec<StatementInfo>> {
+    let mut tokens = tokens::tokenize(text).ok()?;
+    tokens::rewrite(&mut tokens);
+    first_reader_tokens(&tokens).ok()
 }
 
 /// Run `f` on a thread with a large stack (syntax trees of long chains are

@@ -56,10 +56,7 @@ impl Walker {
         }
         match name.as_str() {
             "set_config" => self.check_set_config(literal(0), literal(1)),
-            "dblink" | "dblink_exec" | "dblink_send_query" | "lo_import" | "lo_export"
-            | "lo_unlink" | "lo_put" | "lo_truncate" | "lo_truncate64" | "lo_create"
-            | "lo_creat" | "lo_from_bytea" | "pg_file_write" | "pg_file_unlink"
-            | "pg_file_rename" => {
+            n if WRITES_OUTSIDE_SQL.contains(&n) => {
                 let call = Special::Call { routine: name };
                 if !self.specials.contains(&call) {
                     self.specials.push(call);
@@ -81,6 +78,26 @@ impl Walker {
     }
 }
 
+/// Functions that write outside SQL (another database, large objects,
+/// files): judged like CALL.
+pub(crate) const WRITES_OUTSIDE_SQL: &[&str] = &[
+    "dblink",
+    "dblink_exec",
+    "dblink_send_query",
+    "lo_import",
+    "lo_export",
+    "lo_unlink",
+    "lo_put",
+    "lo_truncate",
+    "lo_truncate64",
+    "lo_create",
+    "lo_creat",
+    "lo_from_bytea",
+    "pg_file_write",
+    "pg_file_unlink",
+    "pg_file_rename",
+];
+
 /// Functions that change a relation named by their first argument, with the
 /// access they make and the operation's name. Invariant: a function the
 /// guard lets write to a relation is judged on that relation, resolved as
@@ -91,7 +108,7 @@ impl Walker {
 /// `nextval` is what inserting a row with a serial or identity key takes,
 /// so it is an insert; `setval` moves the sequence and is an update;
 /// `currval`/`lastval` only read the session's own value.
-fn relation_function(name: &str) -> Option<(Op, &'static str)> {
+pub(crate) fn relation_function(name: &str) -> Option<(Op, &'static str)> {
     Some(match name {
         "nextval" => (Op::Insert, "NEXTVAL"),
         "setval" => (Op::Update, "SETVAL"),

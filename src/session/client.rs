@@ -117,6 +117,8 @@ pub(crate) struct ClientSide {
     /// after a flip judges the cursor's query again (a `FOR UPDATE` cursor
     /// locks the rows it moves over).
     cursors: HashMap<String, (u64, StatementInfo)>,
+    /// The server's major version, as it reported it.
+    server_major: u32,
     /// A required catalog reload did not land in time: statements are
     /// refused with this until it does (never judged on the old catalog).
     catalog_refusal: Option<Denial>,
@@ -209,6 +211,7 @@ impl ClientSide {
             flux_seen: 0,
             flux_gen: 0,
             catalog_refusal: None,
+            server_major: 0,
             bound: Vec::new(),
             bound_in_batch: false,
             bound_spare: None,
@@ -450,6 +453,7 @@ impl ClientSide {
             // keep a database's catalog (and open a connection for it).
             if !self.catalog_asked && st.authenticated {
                 self.catalog_asked = true;
+                self.server_major = st.server_major;
                 st.catalog = self.guard.catalogs.database(&self.info.database);
                 self.db = st.catalog.clone();
             }
@@ -991,7 +995,11 @@ impl ClientSide {
                     }
                     bodies
                 };
-                match runtime.policy.judge(st, facts, &lookup) {
+                let verdict = match newer_grammar(st, self.server_major) {
+                    Some(d) => Verdict::Deny(Box::new(d)),
+                    None => runtime.policy.judge(st, facts, &lookup),
+                };
+                match verdict {
                     Verdict::Deny(d) if d.shadow => {
                         // Shadow: it runs; the record says it would not
                         // have (written before it is sent on).
@@ -1235,6 +1243,30 @@ fn ambiguous_mid_batch(why: &str) -> Denial {
         format!("statement rejected: it follows an Execute in the same batch, and {why}; the Execute may have changed client_encoding or standard_conforming_strings, which the server reports only at the batch's Sync"),
         "Send a Sync after the Execute before sending this statement.",
     )
+}
+
+/// A text PostgreSQL's grammar (of the second reader's version) rejects
+/// runs nothing on a server no newer: passed on, the server reports its own
+/// error. A newer server may accept syntax that grammar does not know, so
+/// there it is refused.
+fn newer_grammar(st: &StatementInfo, server_major: u32) -> Option<Denial> {
+    let grammar = crate::classify::pgread::GRAMMAR_MAJOR;
+    let Some(Special::SyntaxError { message }) = st
+        .specials
+        .iter()
+        .find(|s| matches!(s, Special::SyntaxError { .. }))
+    else {
+        return None;
+    };
+    (server_major > grammar).then(|| {
+        denial(
+            "PARSE",
+            "unparsed",
+            crate::policy::SQLSTATE_REJECTED,
+            format!("statement rejected: PostgreSQL {grammar}'s grammar, which zoneguard reads with, rejects it ({message}), and this server (PostgreSQL {server_major}) may accept it"),
+            "Rewrite the statement in syntax PostgreSQL 18 accepts, or run it over a direct connection.",
+        )
+    })
 }
 
 /// A reload the statement must be judged after did not land in time.

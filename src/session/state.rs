@@ -114,6 +114,8 @@ pub struct SessionState {
     /// The search_path the server last reported (servers that report it:
     /// ParameterStatus), parsed; None: not reported, or unreadable.
     pub search_path: Option<Arc<Vec<String>>>,
+    /// The server's major version (`server_version`; 0: not reported).
+    pub server_major: u32,
     /// The database's catalog, if the guard keeps one.
     pub catalog: Option<Arc<crate::catalog::DatabaseCatalog>>,
     /// A unit that ran DDL the guard let through has ended since the session
@@ -148,6 +150,7 @@ impl SessionState {
             client_encoding: String::new(),
             standard_conforming_strings: true,
             search_path: None,
+            server_major: 0,
             catalog: None,
             catalog_changed: false,
             catalog_ticket: None,
@@ -348,6 +351,14 @@ impl SessionState {
             b"standard_conforming_strings" => {
                 self.standard_conforming_strings =
                     crate::classify::reading::is_on(&String::from_utf8_lossy(value));
+            }
+            b"server_version" => {
+                let v = String::from_utf8_lossy(value);
+                self.server_major = v
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
             }
             b"search_path" => {
                 self.search_path = std::str::from_utf8(value)
