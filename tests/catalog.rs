@@ -18,7 +18,8 @@ fn policy() -> String {
         .replace(
             r#"tables = ["entitlements", "commission_rules", "product_sku_map"]"#,
             r#"tables = ["entitlements", "commission_rules", "product_sku_map", "ledger", "scratch_*"]
-schemas = ["sandbox"]"#,
+schemas = ["sandbox"]
+sequences = ["listed_seq"]"#,
         )
         + "\n[roles.app]\nother_ddl = true\n"
 }
@@ -50,6 +51,12 @@ CREATE TABLE scratch_free (id int PRIMARY KEY, note text);
 CREATE SCHEMA sandbox2;
 CREATE TABLE sandbox2.t2 (id int REFERENCES users (id));
 CREATE RULE no_base_v_ins AS ON INSERT TO no_base_v DO INSTEAD NOTHING;
+CREATE INDEX product_sku_map ON users (email);
+CREATE SCHEMA legacyseq;
+CREATE TABLE legacyseq.ledger_old (id int);
+CREATE SEQUENCE legacyseq.entitlements OWNED BY legacyseq.ledger_old.id;
+CREATE INDEX users ON sandbox.t (id);
+CREATE SEQUENCE listed_seq;
 ";
 
 const CASES: &[(&str, &str)] = &[
@@ -74,6 +81,16 @@ const CASES: &[(&str, &str)] = &[
     ("SELECT currval('users_id_seq') IS NULL FROM users WHERE false", "allow"),
     ("SELECT nextval('free_seq')", "deny"),
     ("SELECT nextval(pg_get_serial_sequence('scratch_notes', 'id'))", "allow"),
+    // Zones list relations of their own kind: a `tables` entry names no
+    // index or sequence; those are in their table's zone, unless listed
+    // under `sequences` / `indexes`. A name is resolved only to objects of
+    // the kinds the statement can mean (an index is made on a table, not on
+    // the sequence legacyseq.entitlements).
+    ("DROP INDEX product_sku_map", "deny"),
+    ("SELECT setval('legacyseq.entitlements', 999)", "deny"),
+    ("DROP INDEX sandbox.users", "allow"),
+    ("SELECT nextval('listed_seq')", "allow"),
+    ("INSERT INTO entitlements (user_id, sku, status) VALUES (1, 'K', 'ACTIVE')", "allow"),
     // Statistics objects belong to their table.
     ("DROP STATISTICS users_stats", "deny"),
     ("CREATE STATISTICS ent_st ON id, user_id FROM entitlements", "allow"),

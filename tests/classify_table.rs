@@ -1268,7 +1268,7 @@ fn fallback() {
     );
     expect_other(
         "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()",
-        "CREATE EVENT TRIG",
+        "CREATE EVENT TRIGGER",
     );
     expect_other("COMMENT ON FUNCTION f() IS 'x'", "COMMENT");
     // write keywords inside strings or comments do not count

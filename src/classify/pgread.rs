@@ -150,6 +150,9 @@ fn command_of(kind: &str) -> String {
         "DefineStmt" => return "CREATE".into(),
         "CreateSeqStmt" => return "CREATE SEQUENCE".into(),
         "CheckPointStmt" => return "CHECKPOINT".into(),
+        "CreateStatsStmt" => return "CREATE STATISTICS".into(),
+        "AlterStatsStmt" => return "ALTER STATISTICS".into(),
+        "CreateEventTrigStmt" => return "CREATE EVENT TRIGGER".into(),
         "AlterSeqStmt" => return "ALTER SEQUENCE".into(),
         _ => {}
     }

@@ -101,6 +101,12 @@ struct ZoneFile {
     tables: Vec<Spanned<String>>,
     #[serde(default)]
     schemas: Vec<Spanned<String>>,
+    /// Sequences and indexes placed in this zone by their own name (else
+    /// they are in their table's zone).
+    #[serde(default)]
+    sequences: Vec<Spanned<String>>,
+    #[serde(default)]
+    indexes: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +293,7 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
     let mut seen_tables: BTreeMap<RelationName, String> = BTreeMap::new();
     let mut seen_patterns: Vec<(String, RelationName)> = Vec::new();
     let mut seen_schemas: BTreeMap<String, String> = BTreeMap::new();
+    let mut seen_own: BTreeMap<(String, RelationName), String> = BTreeMap::new();
     for (name, zone) in &file.zones {
         if name.get_ref() == UNLISTED_ZONE {
             return Err(cx.err(
@@ -346,12 +353,34 @@ fn validate(file: PolicyFile, text: &str, path: &str) -> Result<Policy, PolicyEr
             }
             schemas.push(schema);
         }
+        let mut own_kind = |list: &[Spanned<String>], noun: &str| {
+            let mut out = Vec::new();
+            for t in list {
+                let rel = parse_table_name(t.get_ref()).ok_or_else(|| {
+                    cx.err(t.span(), format!("not a {noun} name: {:?}", t.get_ref()))
+                })?;
+                if let Some(other) =
+                    seen_own.insert((noun.to_owned(), rel.clone()), name.get_ref().clone())
+                {
+                    return Err(cx.err(
+                        t.span(),
+                        format!("{noun} {rel} is already in zone {other:?}; a {noun} belongs to one zone"),
+                    ));
+                }
+                out.push(rel);
+            }
+            Ok(out)
+        };
+        let sequences = own_kind(&zone.sequences, "sequence")?;
+        let indexes = own_kind(&zone.indexes, "index")?;
         zones.push(Zone {
             name: name.get_ref().clone(),
             description: zone.description.clone(),
             tables,
             patterns,
             schemas,
+            sequences,
+            indexes,
         });
     }
     let mut switches = BTreeMap::new();

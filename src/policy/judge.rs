@@ -217,11 +217,14 @@ impl Policy {
         if let Some(d) = changed.and_then(|f| self.flux_denial(access, &access.table, f, facts)) {
             return Some(d);
         }
-        let candidates = match (facts.catalog, facts.search_path) {
+        let mut candidates = match (facts.catalog, facts.search_path) {
             (Some(c), Some(path)) => c.candidates_on_path(&access.table, path),
             (Some(c), None) => c.candidates(&access.table),
             (None, _) => Vec::new(),
         };
+        if let Some(c) = facts.catalog {
+            candidates.retain(|&id| denotable(access, c.object(id).kind));
+        }
         let mut worst = Worst::default();
         if candidates.is_empty() || changed.is_some() {
             let d = self.judge_as_written(access, changed, facts, depth);
@@ -433,7 +436,9 @@ impl Policy {
         depth: usize,
     ) -> Vec<(&'p str, ObjectId)> {
         let o = cat.object(id);
-        let own = self.zones_of(&o.name);
+        // Zones list relations of their own kind: a `tables` entry never
+        // names an index or a sequence (`sequences`, `indexes` do).
+        let own = self.zones_of_kind(&o.name, o.kind);
         if own != [UNLISTED_ZONE] || depth >= catalog::MAX_DEPTH {
             return own.into_iter().map(|z| (z, id)).collect();
         }
@@ -451,7 +456,11 @@ impl Policy {
             }
             return out;
         }
-        vec![(UNLISTED_ZONE, id)]
+        // A sequence or index with no owner: its schema's zone, if any.
+        self.zones_by_schema(&o.name)
+            .into_iter()
+            .map(|z| (z, id))
+            .collect()
     }
 
     /// Judges `access` on `object` (shown in messages), which is in `zone`
@@ -537,6 +546,51 @@ impl Policy {
                 "Call the function with SELECT instead, or set function_calls = true for this role in policy.toml.",
             )
         }))
+    }
+}
+
+/// Whether an access can mean an object of this kind: PostgreSQL resolves a
+/// name among the relations of the kinds the statement takes (nextval a
+/// sequence, DROP INDEX an index, a row written a table or view, an index
+/// made on a table), so an object of another kind with that name in some
+/// schema is not a candidate. Other DDL (ALTER TABLE takes any relation)
+/// keeps every kind.
+fn denotable(access: &TableAccess, kind: catalog::Kind) -> bool {
+    use catalog::Kind as K;
+    let op = access.operation.as_str();
+    if op.starts_with("NEXTVAL") || op.starts_with("SETVAL") {
+        return kind == K::Sequence;
+    }
+    if op.starts_with("DROP INDEX") || op == "ALTER INDEX" || op == "REINDEX INDEX" {
+        return kind == K::Index;
+    }
+    if op.starts_with("DROP SEQUENCE") || op == "ALTER SEQUENCE" || op == "CREATE SEQUENCE" {
+        return kind == K::Sequence;
+    }
+    if op.starts_with("DROP STATISTICS") || op == "ALTER STATISTICS" {
+        return kind == K::Statistics;
+    }
+    let row_holder = !matches!(kind, K::Index | K::Sequence | K::Statistics | K::Toast);
+    // ALTER TABLE also takes sequences and indexes (RENAME, OWNER, SET
+    // SCHEMA): only an unqualified name, which the guard resolves in every
+    // schema, is narrowed to the tables it most likely means.
+    let alters_unqualified = op.starts_with("ALTER TABLE") && access.table.schema.is_none();
+    match access.op {
+        Op::Insert | Op::Update | Op::Delete | Op::Truncate | Op::Lock | Op::Reference => {
+            row_holder
+        }
+        _ if matches!(
+            op,
+            "CREATE INDEX"
+                | "CREATE TRIGGER"
+                | "CREATE RULE"
+                | "CREATE STATISTICS"
+                | "CREATE POLICY"
+        ) || alters_unqualified =>
+        {
+            row_holder
+        }
+        _ => true,
     }
 }
 

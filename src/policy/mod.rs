@@ -49,6 +49,11 @@ pub struct Zone {
     pub patterns: Vec<RelationName>,
     /// Every relation in these schemas.
     pub schemas: Vec<String>,
+    /// Sequences and indexes listed under keys of their own: only these
+    /// name them (a `tables` entry or pattern matches tables, partitioned
+    /// tables, views, materialized views and foreign tables).
+    pub sequences: Vec<RelationName>,
+    pub indexes: Vec<RelationName>,
 }
 
 #[derive(Debug, Clone)]

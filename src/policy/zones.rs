@@ -33,8 +33,58 @@ impl Policy {
         out
     }
 
+    /// The zones of a relation of a known kind, by its own name only:
+    /// `tables` entries and patterns for tables, views and the like, the
+    /// `sequences` or `indexes` key for those, nothing for statistics
+    /// objects; then schemas (for sequences and indexes only after their
+    /// owner, which the caller tries first: see `zones_of_object`).
+    pub fn zones_of_kind(&self, rel: &RelationName, kind: crate::catalog::Kind) -> Vec<&str> {
+        use crate::catalog::Kind;
+        let own = |list: &dyn Fn(&Zone) -> &Vec<RelationName>| -> Vec<&str> {
+            self.zones
+                .iter()
+                .filter(|z| {
+                    list(z).iter().any(|t| {
+                        t.name == rel.name
+                            && (t.schema.is_none()
+                                || rel.schema.is_none()
+                                || t.schema == rel.schema)
+                    })
+                })
+                .map(|z| z.name.as_str())
+                .collect()
+        };
+        let found = match kind {
+            Kind::Sequence => own(&|z| &z.sequences),
+            Kind::Index => own(&|z| &z.indexes),
+            Kind::Statistics => Vec::new(),
+            _ => return self.zones_of(rel),
+        };
+        if found.is_empty() {
+            vec![UNLISTED_ZONE]
+        } else {
+            found
+        }
+    }
+
+    /// The zones a relation is in by its schema alone.
+    pub fn zones_by_schema(&self, rel: &RelationName) -> Vec<&str> {
+        let v: Vec<&str> = self
+            .zones
+            .iter()
+            .filter(|z| rel.schema.as_ref().is_some_and(|s| z.schemas.contains(s)))
+            .map(|z| z.name.as_str())
+            .collect();
+        if v.is_empty() {
+            vec![UNLISTED_ZONE]
+        } else {
+            v
+        }
+    }
+
     /// The zones of `schema.name` (`schema` None: a schema the policy does
-    /// not name), added to `out` without repeats.
+    /// not name), added to `out` without repeats. A name as written may be
+    /// of any kind: a sequence or index listed under its own key counts.
     fn zones_in<'a>(&'a self, schema: Option<&str>, name: &str, out: &mut Vec<&'a str>) {
         let entry_matches = |t: &RelationName, glob: bool| {
             let name_ok = if glob {
@@ -45,7 +95,13 @@ impl Policy {
             name_ok && (t.schema.is_none() || t.schema.as_deref() == schema)
         };
         let levels: [&dyn Fn(&Zone) -> bool; 3] = [
-            &|z: &Zone| z.tables.iter().any(|t| entry_matches(t, false)),
+            &|z: &Zone| {
+                z.tables
+                    .iter()
+                    .chain(&z.sequences)
+                    .chain(&z.indexes)
+                    .any(|t| entry_matches(t, false))
+            },
             &|z: &Zone| z.patterns.iter().any(|t| entry_matches(t, true)),
             &|z: &Zone| schema.is_some_and(|s| z.schemas.iter().any(|x| x == s)),
         ];
