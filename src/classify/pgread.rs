@@ -173,22 +173,23 @@ fn walk_statement(w: &mut Walker, kind: &str, b: &Value) -> String {
     match kind {
         "TransactionStmt" => {
             use pg_query::protobuf::TransactionStmtKind as K;
-            let k = b.get("kind").and_then(Value::as_i64).unwrap_or(0);
-            command = [
-                (K::TransStmtBegin, "BEGIN"),
-                (K::TransStmtStart, "START TRANSACTION"),
-                (K::TransStmtCommit, "COMMIT"),
-                (K::TransStmtRollback, "ROLLBACK"),
-                (K::TransStmtSavepoint, "SAVEPOINT"),
-                (K::TransStmtRelease, "RELEASE"),
-                (K::TransStmtRollbackTo, "ROLLBACK TO"),
-                (K::TransStmtPrepare, "PREPARE TRANSACTION"),
-                (K::TransStmtCommitPrepared, "COMMIT PREPARED"),
-                (K::TransStmtRollbackPrepared, "ROLLBACK PREPARED"),
-            ]
-            .into_iter()
-            .find(|(t, _)| *t as i64 == k)
-            .map_or("TRANSACTION", |(_, c)| c)
+            command = pick(
+                b,
+                "kind",
+                [
+                    (K::TransStmtBegin as i64, "BEGIN"),
+                    (K::TransStmtStart as i64, "START TRANSACTION"),
+                    (K::TransStmtCommit as i64, "COMMIT"),
+                    (K::TransStmtRollback as i64, "ROLLBACK"),
+                    (K::TransStmtSavepoint as i64, "SAVEPOINT"),
+                    (K::TransStmtRelease as i64, "RELEASE"),
+                    (K::TransStmtRollbackTo as i64, "ROLLBACK TO"),
+                    (K::TransStmtPrepare as i64, "PREPARE TRANSACTION"),
+                    (K::TransStmtCommitPrepared as i64, "COMMIT PREPARED"),
+                    (K::TransStmtRollbackPrepared as i64, "ROLLBACK PREPARED"),
+                ],
+            )
+            .unwrap_or("TRANSACTION")
             .to_owned();
         }
         "SelectStmt" => {
@@ -451,11 +452,7 @@ fn walk_statement(w: &mut Walker, kind: &str, b: &Value) -> String {
                     }
                 }
             } else if rename_type == T::ObjectStatisticExt as i64 {
-                let parts: Vec<String> = b
-                    .get("object")
-                    .and_then(node_of)
-                    .map(|(_, l)| list(l, "items").filter_map(string_node).collect())
-                    .unwrap_or_default();
+                let parts = names_of(b.get("object"));
                 match super::walk::relation_from_parts(&parts) {
                     Some(rel) => w.add(Op::Ddl, rel, "ALTER STATISTICS"),
                     None => w.unparsed("ALTER STATISTICS of a name zoneguard cannot read"),
@@ -490,17 +487,18 @@ fn walk_statement(w: &mut Walker, kind: &str, b: &Value) -> String {
         }
         "AlterTableStmt" => {
             use pg_query::protobuf::ObjectType as T;
-            let kind = b.get("objtype").and_then(Value::as_i64).unwrap_or(0);
-            command = [
-                (T::ObjectIndex, "ALTER INDEX"),
-                (T::ObjectView, "ALTER VIEW"),
-                (T::ObjectMatview, "ALTER MATERIALIZED VIEW"),
-                (T::ObjectSequence, "ALTER SEQUENCE"),
-                (T::ObjectForeignTable, "ALTER FOREIGN TABLE"),
-            ]
-            .into_iter()
-            .find(|(t, _)| *t as i64 == kind)
-            .map_or("ALTER TABLE", |(_, c)| c)
+            command = pick(
+                b,
+                "objtype",
+                [
+                    (T::ObjectIndex as i64, "ALTER INDEX"),
+                    (T::ObjectView as i64, "ALTER VIEW"),
+                    (T::ObjectMatview as i64, "ALTER MATERIALIZED VIEW"),
+                    (T::ObjectSequence as i64, "ALTER SEQUENCE"),
+                    (T::ObjectForeignTable as i64, "ALTER FOREIGN TABLE"),
+                ],
+            )
+            .unwrap_or("ALTER TABLE")
             .to_owned();
             walk_children(w, b, Role::Ddl(&command));
         }
@@ -514,11 +512,7 @@ fn walk_statement(w: &mut Walker, kind: &str, b: &Value) -> String {
                 if d.get("defname").and_then(Value::as_str) != Some("owned_by") {
                     continue;
                 }
-                let parts: Vec<String> = d
-                    .get("arg")
-                    .and_then(node_of)
-                    .map(|(_, l)| list(l, "items").filter_map(string_node).collect())
-                    .unwrap_or_default();
+                let parts = names_of(d.get("arg"));
                 if parts.len() == 1 && parts[0] == "none" {
                     continue;
                 }
@@ -562,11 +556,7 @@ fn walk_statement(w: &mut Walker, kind: &str, b: &Value) -> String {
             .find(|t| **t as i64 == kind);
             match relation {
                 Some(t) => {
-                    let mut parts: Vec<String> = b
-                        .get("object")
-                        .and_then(node_of)
-                        .map(|(_, l)| list(l, "items").filter_map(string_node).collect())
-                        .unwrap_or_default();
+                    let mut parts = names_of(b.get("object"));
                     if *t == T::ObjectColumn {
                         parts.pop();
                     }
@@ -650,9 +640,7 @@ fn drop_statement(w: &mut Walker, b: &Value) -> String {
         format!("DROP {noun}")
     };
     for names in list(b, "objects") {
-        let mut parts: Vec<String> = node_of(names)
-            .map(|(_, l)| list(l, "items").filter_map(string_node).collect())
-            .unwrap_or_default();
+        let mut parts = names_of(Some(names));
         if on_table {
             parts.pop();
         }
@@ -824,6 +812,23 @@ fn literal(v: &Value) -> Option<String> {
         ("Float", f) => f.get("fval")?.as_str().map(str::to_owned),
         _ => None,
     }
+}
+
+/// The value of an enum field, by the names it has in a table.
+fn pick<const N: usize>(
+    b: &Value,
+    field: &str,
+    names: [(i64, &'static str); N],
+) -> Option<&'static str> {
+    let v = b.get(field).and_then(Value::as_i64)?;
+    names.into_iter().find(|(t, _)| *t == v).map(|(_, n)| n)
+}
+
+/// A dotted name given as a list of strings (`{"List": {"items": [...]}}`).
+fn names_of(v: Option<&Value>) -> Vec<String> {
+    v.and_then(node_of)
+        .map(|(_, l)| list(l, "items").filter_map(string_node).collect())
+        .unwrap_or_default()
 }
 
 fn func_name(b: &Value) -> Vec<String> {
