@@ -102,6 +102,8 @@ const CASES: &[(&str, &str)] = &[
     // A write to a parent reaches its children: ledger_old is legacy.
     ("DELETE FROM ledger_new", "allow"),
     ("DELETE FROM ledger", "deny"),
+    // An INSERT into an inheritance parent writes the parent alone.
+    ("INSERT INTO ledger VALUES (1, 1)", "allow"),
     ("UPDATE ledger SET amount = 1", "deny"),
     ("SELECT * FROM ledger", "allow"),
     // Views: a write through a view is a write to what it reads.

@@ -356,8 +356,9 @@ impl Catalog {
 
     /// The objects an access of kind `op` to object `id` reaches, with the
     /// op each is reached with: the object itself, its partitions and
-    /// inheritance children (every op: a change to a parent changes them, a
-    /// read reads them), for a write or lock through a view, what the view
+    /// inheritance children (every op but an INSERT into an inheritance
+    /// parent, which writes the parent alone: a change to a parent changes
+    /// them, a read reads them), for a write or lock through a view, what the view
     /// reads (recursively), and for TRUNCATE, the tables whose foreign keys
     /// point at it (TRUNCATE ... CASCADE empties them; without CASCADE it
     /// fails unless they are truncated too). With `cascade` (DDL that drops
@@ -370,8 +371,14 @@ impl Catalog {
         let mut i = 0;
         while i < out.len() && out.len() < 100_000 {
             let o = self.object(out[i]);
-            let next = o
-                .children
+            // A row inserted into an inheritance parent stays in the parent;
+            // one inserted into a partitioned table goes to a partition.
+            let children: &[ObjectId] = if op == Op::Insert && o.kind != Kind::PartitionedTable {
+                &[]
+            } else {
+                &o.children
+            };
+            let next = children
                 .iter()
                 .chain(if o.passes_through(op) {
                     &o.reads[..]
