@@ -717,6 +717,8 @@ async fn demo(cli: &Cli) -> anyhow::Result<()> {
     eprintln!("starting a throwaway PostgreSQL ...");
     let cluster = tokio::task::spawn_blocking(|| {
         let c = Cluster::start_seeded("shop")?;
+        // The change log, as the deployment installs it (docs/catalog.md).
+        c.psql("shop", zoneguard::catalog::TRIGGER_SQL)?;
         // The switches' shared state, as `zoneguard install-state` makes it.
         c.psql(
             "postgres",
