@@ -102,6 +102,15 @@ const CASES: &[(&str, &str)] = &[
     // A write to a parent reaches its children: ledger_old is legacy.
     ("DELETE FROM ledger_new", "allow"),
     ("DELETE FROM ledger", "deny"),
+    // ONLY: the parent alone (both readers).
+    ("DELETE FROM ONLY ledger", "allow"),
+    ("UPDATE ONLY ledger SET amount = 1", "allow"),
+    ("TRUNCATE ONLY ledger", "allow"),
+    ("BEGIN; LOCK TABLE ONLY ledger; COMMIT", "allow"),
+    ("BEGIN; LOCK TABLE ledger; COMMIT", "deny"),
+    ("UPDATE ONLY ledger SET amount = 1 WHERE id ISNULL", "allow"),
+    ("UPDATE ledger SET amount = 1 WHERE id ISNULL", "deny"),
+    ("DELETE FROM ONLY ledger_old", "deny"),
     // An INSERT into an inheritance parent writes the parent alone.
     ("INSERT INTO ledger VALUES (1, 1)", "allow"),
     ("UPDATE ledger SET amount = 1", "deny"),

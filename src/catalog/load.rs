@@ -303,6 +303,7 @@ fn rule_actions(def: &str) -> Vec<TableAccess> {
                 table: RelationName::new(None, "(a rule zoneguard cannot read)"),
                 operation: "RULE".to_owned(),
                 origin: None,
+                only: false,
             });
         }
         out.extend(

@@ -18,7 +18,7 @@
 //!   schema is in its owner's zone (index, sequence, statistics) or its
 //!   parents' (partition, inheritance child).
 //! - A change to a relation reaches its partitions and inheritance children
-//!   (the guard ignores ONLY: over-approximating is fail-closed), a write or
+//!   (not under ONLY, nor an INSERT into an inheritance parent), a write or
 //!   lock through a view reaches what the view reads, a TRUNCATE reaches the
 //!   tables that reference the table, and a write to a relation with rules
 //!   also runs the rules' actions.
@@ -366,6 +366,12 @@ impl Catalog {
     /// views over it and the tables whose foreign keys point at it. Rules are not followed here: their actions
     /// are accesses of their own ([`Object::rules`]).
     pub fn reach(&self, id: ObjectId, op: Op, cascade: bool) -> Vec<ObjectId> {
+        self.reach_from(id, op, cascade, false)
+    }
+
+    /// [`reach`](Self::reach) of `ONLY` the object when `only`: its own
+    /// partitions and inheritance children are not reached.
+    pub fn reach_from(&self, id: ObjectId, op: Op, cascade: bool, only: bool) -> Vec<ObjectId> {
         let mut out = vec![id];
         let mut seen = std::collections::HashSet::from([id]);
         let mut i = 0;
@@ -373,11 +379,12 @@ impl Catalog {
             let o = self.object(out[i]);
             // A row inserted into an inheritance parent stays in the parent;
             // one inserted into a partitioned table goes to a partition.
-            let children: &[ObjectId] = if op == Op::Insert && o.kind != Kind::PartitionedTable {
-                &[]
-            } else {
-                &o.children
-            };
+            let children: &[ObjectId] =
+                if op == Op::Insert && o.kind != Kind::PartitionedTable || only && i == 0 {
+                    &[]
+                } else {
+                    &o.children
+                };
             let next = children
                 .iter()
                 .chain(if o.passes_through(op) {

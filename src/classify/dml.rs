@@ -2,7 +2,7 @@
 
 use sqlparser::ast::{
     Delete, FromTable, Insert, Merge, MergeAction, OnConflictAction, OnInsert, TableFactor,
-    TableObject, TableWithJoins, Update, UpdateTableFromKind,
+    TableInheritance, TableObject, TableWithJoins, Update, UpdateTableFromKind,
 };
 
 use super::walk::Walker;
@@ -51,8 +51,16 @@ impl Walker {
         for tf in factors {
             match tf {
                 TableFactor::Table {
-                    name, args: None, ..
-                } => self.target(op, name, operation),
+                    name,
+                    args: None,
+                    inheritance,
+                    ..
+                } => self.target_only(
+                    op,
+                    name,
+                    operation,
+                    matches!(inheritance, Some(TableInheritance::Only { .. })),
+                ),
                 _ => self.unparsed(format!("{operation} target is not understood")),
             }
         }

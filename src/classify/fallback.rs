@@ -113,6 +113,7 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
             table: rel,
             operation: op.to_owned(),
             origin: None,
+            only: false,
         });
     };
     match first.as_str() {
@@ -129,6 +130,7 @@ pub(crate) fn classify_tokens(piece: &[TokenWithSpan], error: &str) -> Statement
                         table: rel,
                         operation: "SELECT".to_owned(),
                         origin: None,
+                        only: false,
                     });
                     // Only ORDER BY / LIMIT / OFFSET / FETCH may follow.
                     let plain = toks[i..].iter().all(|t| match word(t) {

@@ -98,6 +98,9 @@ pub struct TableAccess {
     /// Where a nested access comes from: "WITH" (a CTE), "EXPLAIN ANALYZE",
     /// "PREPARE" (the prepared body), "rule action"; None at top level.
     pub origin: Option<&'static str>,
+    /// `ONLY name`: the relation alone, not its partitions or inheritance
+    /// children.
+    pub only: bool,
 }
 
 /// Facts about a statement that are not an access to a named relation.

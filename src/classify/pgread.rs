@@ -865,7 +865,9 @@ fn target(w: &mut Walker, rv: Option<&Value>, op: Op, operation: &str) {
         .get("schemaname")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty());
-    w.add(op, RelationName::new(schema, name), operation);
+    // `inh` false: `ONLY name`.
+    let only = rv.get("inh").and_then(Value::as_bool) == Some(false);
+    w.add_only(op, RelationName::new(schema, name), operation, only);
 }
 
 fn push_special(w: &mut Walker, s: Special) {

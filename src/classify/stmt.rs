@@ -115,7 +115,7 @@ impl Walker {
             }
             Statement::Truncate(t) => {
                 for target in &t.table_names {
-                    self.target(Op::Truncate, &target.name, "TRUNCATE");
+                    self.target_only(Op::Truncate, &target.name, "TRUNCATE", target.only);
                 }
                 tag("TRUNCATE TABLE")
             }
@@ -428,7 +428,7 @@ impl Walker {
                     _ => (Op::Lock, "LOCK TABLE"),
                 };
                 for t in &l.tables {
-                    self.target(op, &t.name, operation);
+                    self.target_only(op, &t.name, operation, t.only);
                 }
                 tag("LOCK TABLE")
             }

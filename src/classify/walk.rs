@@ -78,11 +78,17 @@ pub(crate) struct Walker {
 
 impl Walker {
     pub fn add(&mut self, op: Op, table: RelationName, operation: &str) {
+        self.add_only(op, table, operation, false);
+    }
+
+    /// [`add`](Self::add), of `ONLY table` when `only`.
+    pub fn add_only(&mut self, op: Op, table: RelationName, operation: &str, only: bool) {
         self.accesses.push(TableAccess {
             op,
             table,
             operation: operation.to_owned(),
             origin: self.origin,
+            only,
         });
     }
 
@@ -110,8 +116,13 @@ impl Walker {
 
     /// Report `op` on the relation `name`.
     pub fn target(&mut self, op: Op, name: &ObjectName, operation: &str) {
+        self.target_only(op, name, operation, false);
+    }
+
+    /// [`target`](Self::target), of `ONLY name` when `only`.
+    pub fn target_only(&mut self, op: Op, name: &ObjectName, operation: &str, only: bool) {
         if let Some(rel) = self.relation(name) {
-            self.add(op, rel, operation);
+            self.add_only(op, rel, operation, only);
         }
     }
 

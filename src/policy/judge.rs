@@ -237,7 +237,7 @@ impl Policy {
         };
         for id in candidates {
             let cascade = access.op == Op::Ddl && access.operation.ends_with("CASCADE");
-            for reached in cat.reach(id, access.op, cascade) {
+            for reached in cat.reach_from(id, access.op, cascade, access.only) {
                 let object = cat.object(reached);
                 if reached != id {
                     if let Some(d) = flux::lookup(facts.flux, &object.name)
@@ -290,6 +290,7 @@ impl Policy {
                                 access.operation
                             ),
                             origin: access.origin,
+                            only: false,
                         };
                         if let Some(d) = worst.take(self.judge_access(&a, facts, depth + 1)) {
                             return Some(d);
@@ -417,6 +418,7 @@ impl Policy {
                 table: o.name.clone(),
                 operation: "DROP SCHEMA CASCADE".to_owned(),
                 origin: None,
+                only: false,
             };
             if let Some(d) = worst.take(self.judge_access(&access, facts, 0)) {
                 return Some(d);
