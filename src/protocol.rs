@@ -42,9 +42,15 @@ pub enum FirstPacket {
 
 #[derive(Debug, Clone)]
 pub struct Startup {
-    /// The whole packet as the client sent it, relayed byte for byte.
+    /// The whole packet as the client sent it, relayed byte for byte (for a
+    /// newer 3.x minor version: the same parameters as a 3.0 packet).
     pub raw: Bytes,
     pub params: Vec<(String, String)>,
+    /// For a client that asked for a newer 3.x minor version (libpq 18's
+    /// 3.2): the NegotiateProtocolVersion to send it before anything else,
+    /// naming 3.0 and the `_pq_.` options the guard does not know. The
+    /// client then goes on in 3.0, as with a server that speaks only 3.0.
+    pub negotiate: Option<Bytes>,
 }
 
 impl Startup {
@@ -98,7 +104,25 @@ pub async fn read_first_packet<R: AsyncRead + Unpin>(
         PROTOCOL_3_0 => Ok(Some(FirstPacket::Startup(Startup {
             params: parse_startup_params(&raw[8..])?,
             raw,
+            negotiate: None,
         }))),
+        // A newer minor version of protocol 3: answered as PostgreSQL
+        // answers it (NegotiateProtocolVersion), and relayed as 3.0.
+        newer if newer >> 16 == 3 => {
+            let (options, params): (Vec<_>, Vec<_>) = parse_startup_params(&raw[8..])?
+                .into_iter()
+                .partition(|(k, _)| k.starts_with("_pq_."));
+            let pairs: Vec<(&str, &str)> = params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let names: Vec<&str> = options.iter().map(|(k, _)| k.as_str()).collect();
+            Ok(Some(FirstPacket::Startup(Startup {
+                raw: startup_message(&pairs),
+                negotiate: Some(negotiate_protocol_version(PROTOCOL_3_0, &names)),
+                params,
+            })))
+        }
         SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => Err(ProtocolError::Malformed("startup")),
         other => Err(ProtocolError::UnsupportedProtocol {
             major: other >> 16,
@@ -231,6 +255,25 @@ pub fn parse_message(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
         query,
         param_types: b,
     })
+}
+
+/// NegotiateProtocolVersion: the newest protocol version the guard speaks
+/// for the client's major version (sent whole, `3 << 16 | minor`, as
+/// PostgreSQL sends it and libpq reads it), and the protocol options
+/// (`_pq_.*`) it does not know.
+pub fn negotiate_protocol_version(version: i32, unknown: &[&str]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(b'v');
+    b.put_i32(0);
+    b.put_i32(version);
+    b.put_i32(unknown.len() as i32);
+    for o in unknown {
+        b.put_slice(o.as_bytes());
+        b.put_u8(0);
+    }
+    let len = (b.len() - 1) as i32;
+    b[1..5].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
 }
 
 /// Builds a StartupMessage (protocol 3.0) with the given parameters, e.g.

@@ -314,6 +314,13 @@ async fn relay(
     if upstream.write_all(&startup.raw).await.is_err() {
         return;
     }
+    // A client that asked for a newer protocol hears first that it is 3.0.
+    let mut client = client;
+    if let Some(v) = &startup.negotiate {
+        if client.write_all(v).await.is_err() {
+            return;
+        }
+    }
     let tls_both_sides = client.is_tls() && upstream.is_tls();
     // Owned halves of the concrete socket types: no lock between the halves.
     use net::Stream::{Tcp, Unix};
