@@ -67,9 +67,18 @@ impl FluxName {
     }
 }
 
-/// The first name in flux that `rel` may be.
+/// The name in flux that `rel` may be: an opaque one if any (a DROP then a
+/// CREATE VIEW of the same name leaves it opaque, whatever came first),
+/// else the first, whose parents (a partition's) decide its zone.
 pub fn lookup<'a>(flux: &'a [FluxName], rel: &RelationName) -> Option<&'a FluxName> {
-    flux.iter().find(|f| f.matches(rel))
+    let mut first = None;
+    for f in flux.iter().filter(|f| f.matches(rel)) {
+        if f.change == Change::Opaque {
+            return Some(f);
+        }
+        first = first.or(Some(f));
+    }
+    first
 }
 
 /// Operations on a relation that do not change what its name denotes or
@@ -266,6 +275,17 @@ mod tests {
         assert_eq!(of("ALTER SCHEMA a RENAME TO b")[0].1, Opaque);
         assert!(changes_catalog(&classify("COMMIT PREPARED 'x'")));
         assert!(!changes_catalog(&classify("COMMIT")));
+    }
+
+    #[test]
+    fn an_opaque_change_wins_over_an_earlier_fresh_one() {
+        let flux: Vec<FluxName> = classify("DROP TABLE app.t; CREATE VIEW app.t AS SELECT 1")
+            .iter()
+            .flat_map(changes)
+            .collect();
+        assert_eq!(flux.len(), 2);
+        let got = lookup(&flux, &RelationName::new(None, "t")).unwrap();
+        assert_eq!(got.change, Change::Opaque);
     }
 
     #[test]
