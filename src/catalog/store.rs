@@ -214,7 +214,9 @@ impl DatabaseCatalog {
     pub fn flux_gone(&self, entry: &Arc<FluxEntry>) {
         let st = std::mem::take(&mut *entry.state.lock().unwrap());
         self.flux.lock().unwrap().retain(|e| !Arc::ptr_eq(e, entry));
-        if !st.names.is_empty() && !self.loaded(st.ended.max(1)) {
+        // Open (the client may have vanished after sending COMMIT) or ended
+        // but not re-read yet: the reload is required.
+        if !st.names.is_empty() && (st.ended == 0 || !self.loaded(st.ended)) {
             self.require_reload();
         }
         self.flux_version.fetch_add(1, Ordering::AcqRel);
@@ -400,5 +402,62 @@ impl Drop for CatalogStore {
         for db in self.databases.lock().unwrap().values() {
             db.wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::flux::{Change, FluxName};
+    use crate::classify::RelationName;
+
+    fn detached() -> DatabaseCatalog {
+        DatabaseCatalog {
+            database: "t".into(),
+            current: ArcSwapOption::empty(),
+            version: AtomicU64::new(1),
+            requested: AtomicU64::new(5),
+            done: watch::channel(5).0,
+            loaded: AtomicU64::new(5),
+            required: AtomicU64::new(5),
+            flux: Mutex::new(Vec::new()),
+            flux_version: AtomicU64::new(0),
+            wake: Arc::new(Notify::new()),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn entry(ended: u64) -> Arc<FluxEntry> {
+        let e = Arc::new(FluxEntry::default());
+        let mut st = e.state.lock().unwrap();
+        st.names.push(FluxName {
+            name: RelationName::new(None, "v"),
+            change: Change::Opaque,
+            operation: "CREATE VIEW".into(),
+            parents: vec![],
+            own: true,
+        });
+        st.ended = ended;
+        drop(st);
+        e
+    }
+
+    /// A session that vanished with its DDL's transaction open (perhaps
+    /// after sending COMMIT) leaves a required reload behind; one whose DDL
+    /// ended and was re-read does not.
+    #[test]
+    fn a_vanished_session_with_open_ddl_requires_a_reload() {
+        let db = detached();
+        let open = entry(0);
+        db.flux_changed(&open);
+        assert!(db.outstanding().is_none());
+        db.flux_gone(&open);
+        assert!(db.outstanding().is_some(), "no reload required");
+
+        let db = detached();
+        let done = entry(3);
+        db.flux_changed(&done);
+        db.flux_gone(&done);
+        assert!(db.outstanding().is_none());
     }
 }
