@@ -67,26 +67,10 @@ async fn psql_sees_allowed_and_rejected_statements() {
 async fn psycopg_simple_extended_prepared_and_pipeline() {
     let db = fresh_db();
     let g = TestGuard::start(SHIPPED_POLICY).await;
-    let py = python_with_psycopg();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/psycopg_modes.py");
     let guard_url = g.url("app", &db);
     let direct_url = cluster().url("postgres", &db);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .arg(script)
-            .arg(guard_url)
-            .arg(direct_url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_python(vec![script.into(), guard_url, direct_url]).await;
     assert!(stdout.contains("psycopg: all checks passed"));
     // Every rejection the script provoked is in the audit log.
     let audit = g.audit();

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -67,7 +65,6 @@ async fn a_newer_minor_version_is_negotiated_down_to_3_0() {
 async fn libpq_18_with_max_protocol_version_latest_connects_and_cancels() {
     let db = fresh_db();
     let g = TestGuard::start(SHIPPED_POLICY).await;
-    let py = python_with_psycopg();
     let url = format!("{}?max_protocol_version=latest", g.url("app", &db));
     let script = r#"
 import sys, threading, time, psycopg
@@ -87,20 +84,7 @@ except psycopg.errors.QueryCanceled:
 assert conn.execute("SELECT 1").fetchone()[0] == 1
 print("protocol", conn.pgconn.protocol_version, "ok")
 "#;
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(py)
-            .args(["-c", script, &url])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_python(vec!["-c".into(), script.into(), url]).await;
     assert!(
         stdout.contains("ok") || stdout.contains("older than 18"),
         "{stdout}"

@@ -91,19 +91,7 @@ impl CatalogStore {
         if dbs.len() >= self.settings.max_databases {
             return None;
         }
-        let db = Arc::new(DatabaseCatalog {
-            database: database.to_owned(),
-            current: ArcSwapOption::empty(),
-            version: AtomicU64::new(0),
-            requested: AtomicU64::new(1),
-            done: watch::channel(0).0,
-            loaded: AtomicU64::new(0),
-            required: AtomicU64::new(0),
-            flux: Mutex::new(Vec::new()),
-            flux_version: AtomicU64::new(0),
-            wake: Arc::new(Notify::new()),
-            last_error: Mutex::new(None),
-        });
+        let db = Arc::new(DatabaseCatalog::new(database));
         dbs.insert(database.to_owned(), db.clone());
         tokio::spawn(reloader(
             Arc::downgrade(&db),
@@ -133,6 +121,23 @@ impl std::fmt::Debug for DatabaseCatalog {
 }
 
 impl DatabaseCatalog {
+    /// A database's entry before its first load (which is asked for).
+    fn new(database: &str) -> DatabaseCatalog {
+        DatabaseCatalog {
+            database: database.to_owned(),
+            current: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
+            requested: AtomicU64::new(1),
+            done: watch::channel(0).0,
+            loaded: AtomicU64::new(0),
+            required: AtomicU64::new(0),
+            flux: Mutex::new(Vec::new()),
+            flux_version: AtomicU64::new(0),
+            wake: Arc::new(Notify::new()),
+            last_error: Mutex::new(None),
+        }
+    }
+
     pub fn current(&self) -> Option<Arc<Catalog>> {
         self.current.load_full()
     }
@@ -411,20 +416,15 @@ mod tests {
     use crate::catalog::flux::{Change, FluxName};
     use crate::classify::RelationName;
 
+    /// An entry with no reloader, whose loads up to 5 have landed.
     fn detached() -> DatabaseCatalog {
-        DatabaseCatalog {
-            database: "t".into(),
-            current: ArcSwapOption::empty(),
-            version: AtomicU64::new(1),
-            requested: AtomicU64::new(5),
-            done: watch::channel(5).0,
-            loaded: AtomicU64::new(5),
-            required: AtomicU64::new(5),
-            flux: Mutex::new(Vec::new()),
-            flux_version: AtomicU64::new(0),
-            wake: Arc::new(Notify::new()),
-            last_error: Mutex::new(None),
-        }
+        let db = DatabaseCatalog::new("t");
+        db.version.store(1, Ordering::Release);
+        db.requested.store(5, Ordering::Release);
+        db.done.send_replace(5);
+        db.loaded.store(5, Ordering::Release);
+        db.required.store(5, Ordering::Release);
+        db
     }
 
     fn entry(ended: u64) -> Arc<FluxEntry> {

@@ -348,6 +348,24 @@ pub fn python_with_psycopg() -> PathBuf {
     .clone()
 }
 
+/// Runs psycopg's Python with these arguments, off the async threads;
+/// asserts it exits 0 and returns what it printed.
+pub async fn run_python(args: Vec<String>) -> String {
+    let py = python_with_psycopg();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(py).args(&args).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 pub fn psql_bin() -> PathBuf {
     let p = cluster().bindir().join("psql");
     if p.exists() {
